@@ -1,0 +1,100 @@
+"""One small interface for every query policy: act / observe / save / load.
+
+The runner drives an agent against an :class:`ie_env.env.InternetExplorerEnv`::
+
+    agent.setup(AgentContext.from_env(env, seed))
+    obs, info = env.reset(seed=seed)
+    while not done:
+        action = agent.act(obs, info)
+        obs, reward, terminated, truncated, info = env.step(action)
+        agent.observe(action, reward, obs, info)
+
+``info["iteration_closed"]`` is True on the step that ended an SSL iteration; batch samplers (the
+paper's GP sampler) draw a new batch of queries then.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class AgentContext:
+    """What an agent may know of the environment before it starts (never the target's identity)."""
+
+    concept_embeddings: np.ndarray  # (N, d) float32, L2-normalised text embeddings of the vocabulary
+    queries_per_iteration: int
+    seed: int = 0
+    concept_names: list[str] = field(default_factory=list)
+    # Only the oracle baseline reads this; other agents must ignore it.
+    ground_truth_relevance: np.ndarray | None = None
+    # Label-set-guided variant: embeddings of the target's class names (None = no labels).
+    class_name_embeddings: np.ndarray | None = None
+    class_name_actions: list[int] | None = None
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.concept_embeddings.shape[0])
+
+    @classmethod
+    def from_env(cls, env: Any, seed: int = 0, with_ground_truth: bool = False) -> "AgentContext":
+        base = getattr(env, "unwrapped", env)
+        return cls(
+            concept_embeddings=base.concept_embeddings,
+            queries_per_iteration=base.config.queries_per_iteration,
+            seed=seed,
+            concept_names=[c.name for c in base.vocabulary.concepts],
+            ground_truth_relevance=base.ground_truth_relevance() if with_ground_truth else None,
+        )
+
+
+class Agent(ABC):
+    """A query policy. Subclasses implement ``setup``, ``act`` and, if they learn, ``observe``."""
+
+    name: str = "agent"
+    needs_ground_truth: bool = False
+
+    @abstractmethod
+    def setup(self, ctx: AgentContext) -> None:
+        """Called once before the episode; resets all internal state."""
+
+    @abstractmethod
+    def act(self, obs: Any, info: dict[str, Any]) -> int:
+        """Return the next concept index to query."""
+
+    def observe(self, action: int, reward: float, obs: Any, info: dict[str, Any]) -> None:
+        """Learn from the outcome of ``action`` (default: nothing)."""
+
+    def stats(self) -> dict[str, float]:
+        """Scalars worth logging (e.g. sampler temperature and entropy)."""
+        return {}
+
+    # --- persistence -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where the agent stopped (RNG included)."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_ctx")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def save(self, path: str | Path) -> None:
+        buf = io.BytesIO()
+        pickle.dump({"class": type(self).__name__, "state": self.state_dict()}, buf)
+        from ie_env.config import atomic_write_bytes
+
+        atomic_write_bytes(path, buf.getvalue())
+
+    def load(self, path: str | Path) -> "Agent":
+        with open(path, "rb") as fh:
+            blob = pickle.load(fh)
+        if blob.get("class") != type(self).__name__:
+            raise ValueError(f"{path} holds a {blob.get('class')} agent, not a {type(self).__name__}")
+        self.load_state_dict(blob["state"])
+        return self
