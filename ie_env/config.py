@@ -200,6 +200,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make shared caches unreadable to others
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

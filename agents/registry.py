@@ -1,0 +1,60 @@
+"""Agents by name: ``make_agent("gp", smr=3.0)``.
+
+Plain names map to classes in ``AGENTS``; a name of the form ``"PREFIX:REST"`` (e.g.
+``"sb3:runs/ppo.zip"``) goes to the handler registered for ``PREFIX`` with
+``register_prefix(prefix, handler)``, where ``handler(rest, **config) -> Agent``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from agents.base import Agent
+from agents.baselines import GPUCBAgent, GreedyGPMeanAgent, OracleAgent, RandomAgent, UniformNoReplacementAgent
+from agents.gp_sampler import GPSamplerAgent
+
+__all__ = ["AGENTS", "PREFIX_HANDLERS", "make_agent", "register_prefix", "agent_names"]
+
+AGENTS: dict[str, type[Agent]] = {
+    "gp": GPSamplerAgent,
+    "random": RandomAgent,
+    "uniform": UniformNoReplacementAgent,
+    "greedy": GreedyGPMeanAgent,
+    "gp_ucb": GPUCBAgent,
+    "oracle": OracleAgent,
+}
+
+PREFIX_HANDLERS: dict[str, Callable[..., Agent]] = {}
+
+
+def register_prefix(prefix: str, handler: Callable[..., Agent]) -> None:
+    """Route names ``"{prefix}:..."`` to ``handler(rest, **config)`` (e.g. ``sb3`` model files)."""
+    if not prefix or ":" in prefix:
+        raise ValueError(f"invalid agent prefix {prefix!r}")
+    PREFIX_HANDLERS[prefix] = handler
+
+
+def agent_names() -> list[str]:
+    return sorted(AGENTS) + [f"{p}:..." for p in sorted(PREFIX_HANDLERS)]
+
+
+def make_agent(name: str, **config: Any) -> Agent:
+    """Build the agent registered as ``name`` with config overrides ``config``.
+
+    Unknown names raise ``ValueError`` listing the registered ones; unknown config keys raise
+    ``ie_env.config.ConfigError`` (a ``ValueError``) listing the valid keys.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"agent name must be a non-empty string; registered: {', '.join(agent_names())}")
+    if ":" in name:
+        prefix, rest = name.split(":", 1)
+        handler = PREFIX_HANDLERS.get(prefix)
+        if handler is None:
+            raise ValueError(
+                f"unknown agent prefix {prefix!r} in {name!r}; registered: {', '.join(agent_names())}"
+            )
+        return handler(rest, **config)
+    cls = AGENTS.get(name)
+    if cls is None:
+        raise ValueError(f"unknown agent {name!r}; registered: {', '.join(agent_names())}")
+    return cls(**config)

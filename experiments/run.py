@@ -1,0 +1,408 @@
+"""``ie-explore``: run one agent through one exploration episode and keep everything it did.
+
+The run directory holds ``config.yaml`` (resolved), ``queries.jsonl`` (append-only, one line per
+query, fsynced), ``downloads/`` (every query's images, content-addressed), ``checkpoints/`` (env,
+learner, replay, agent and RNG state after every iteration), ``tb/`` (TensorBoard) and
+``summary.json``. ``--resume`` continues a killed run: from the last good checkpoint, replaying the
+logged queries of the unfinished iteration from disk (no download, no scoring), then onwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from agents.base import Agent, AgentContext
+from agents.registry import make_agent
+from ie_env.config import ConfigError, atomic_write_bytes, atomic_write_text, resolve, to_dict
+from ie_env.env import EnvConfig, InternetExplorerEnv
+from ie_env.evaluation.linear_probe import linear_probe_accuracy
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+@dataclass
+class RunConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: str = "gp"
+    agent_config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    log_images: bool = True
+    keep_checkpoints: int = 2
+    threads: int = 0  # torch threads; 0 = torch's default
+
+
+# ---------------------------------------------------------------------------------------------
+# Run-directory files
+# ---------------------------------------------------------------------------------------------
+class QueryLog:
+    """Append-only ``queries.jsonl``: every line flushed and fsynced before the next query."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> list[dict[str, Any]]:
+        """Complete records in order; a torn last line (killed mid-write) is dropped from the file."""
+        if not self.path.exists():
+            return []
+        raw = self.path.read_bytes()
+        records, good = [], 0
+        for line in raw.split(b"\n"):
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            good += len(line) + 1
+        if good != len(raw):
+            with open(self.path, "r+b") as fh:
+                fh.truncate(good)
+        return records
+
+    def truncate_to(self, n: int) -> None:
+        keep = self.read()[:n]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+class Checkpoints:
+    """``iter_XXXX.pt`` files written atomically; a corrupt or truncated one is skipped."""
+
+    def __init__(self, root: Path, keep: int) -> None:
+        self.root = root
+        self.keep = keep
+        root.mkdir(parents=True, exist_ok=True)
+
+    def save(self, iteration: int, state: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.root / f"iter_{iteration:04d}.pt", buf.getvalue())
+        files = sorted(self.root.glob("iter_*.pt"))
+        for old in files[: -self.keep] if self.keep > 0 else []:
+            old.unlink()
+
+    def load_latest(self) -> dict[str, Any] | None:
+        for path in sorted(self.root.glob("iter_*.pt"), reverse=True):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as exc:  # truncated / corrupt: fall back to the previous one
+                print(f"[ie-explore] checkpoint {path.name} is unreadable ({exc}); using the previous one", file=sys.stderr)
+        return None
+
+
+def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(cfg_dict))
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+class Runner:
+    """Drives ``agent`` through ``env`` and writes the run directory."""
+
+    def __init__(self, cfg: RunConfig, logdir: str | os.PathLike, resume: bool = False, agent: Agent | None = None, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.dir = Path(logdir)
+        self.progress = progress
+        self._prepare_dir(resume)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.env = InternetExplorerEnv(cfg.env, store_dir=str(self.dir / "downloads"))
+        self.agent = agent if agent is not None else make_agent(cfg.agent, **cfg.agent_config)
+        ctx = AgentContext.from_env(self.env, seed=cfg.seed, with_ground_truth=self.agent.needs_ground_truth)
+        self.agent.setup(ctx)
+        self.log = QueryLog(self.dir / "queries.jsonl")
+        self.ckpt = Checkpoints(self.dir / "checkpoints", cfg.keep_checkpoints)
+        self.history: dict[str, list] = {"mean_reward": [], "mean_true_relevance": [], "iteration_stats": []}
+        self.coverage = {"relevant_concepts": set(), "new_relevant_images": 0, "classes_hit": set()}
+        self.writer = None
+
+    def _prepare_dir(self, resume: bool) -> None:
+        cfg_path = self.dir / "config.yaml"
+        resolved = _comparable(to_dict(self.cfg))
+        if cfg_path.exists():
+            saved = yaml.safe_load(cfg_path.read_text())
+            if not resume:
+                raise FileExistsError(f"{self.dir} already holds a run; pass --resume to continue it or choose another --logdir")
+            diff = _diff_keys(saved, resolved)
+            if diff:
+                raise ConfigError(
+                    f"refusing to resume {self.dir}: its config differs in {', '.join(diff)}; "
+                    "resume with the same config or start a new --logdir"
+                )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg_path, yaml.safe_dump(resolved, sort_keys=False))
+
+    # --- logging --------------------------------------------------------------------------
+    def _tb(self, purge_step: int | None):
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.dir / "tb"), purge_step=purge_step)
+        return self.writer
+
+    def _note_query(self, info: dict[str, Any]) -> None:
+        if info["true_relevance"] >= 0.5:
+            self.coverage["relevant_concepts"].add(info["action"])
+        self.coverage["new_relevant_images"] += info["new_relevant_images"]
+        self.coverage["classes_hit"].update(info["target_classes_hit"])
+
+    def _log_iteration(self, stats: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        it = stats["iteration"]
+        w = self._tb(None)
+        rewards = [r["query_reward"] for r in records]
+        rel = [r["true_relevance"] for r in records]
+        self.history["mean_reward"].append(float(np.mean(rewards)))
+        self.history["mean_true_relevance"].append(float(np.mean(rel)))
+        slim = {k: v for k, v in stats.items() if k != "gains"}
+        slim["mean_gain"] = float(np.mean(stats["gains"]))
+        slim["distinct_relevant_concepts"] = len(self.coverage["relevant_concepts"])
+        slim["new_relevant_images"] = self.coverage["new_relevant_images"]
+        slim["target_classes_hit_share"] = len(self.coverage["classes_hit"]) / len(self.env.world.target_ids)
+        self.history["iteration_stats"].append(slim)
+        w.add_scalar("iteration/mean_query_reward", self.history["mean_reward"][-1], it)
+        w.add_scalar("iteration/mean_true_relevance", self.history["mean_true_relevance"][-1], it)
+        w.add_scalar("iteration/mean_gain", slim["mean_gain"], it)
+        w.add_scalar("coverage/distinct_relevant_concepts", slim["distinct_relevant_concepts"], it)
+        w.add_scalar("coverage/new_relevant_images", slim["new_relevant_images"], it)
+        w.add_scalar("coverage/target_classes_hit_share", slim["target_classes_hit_share"], it)
+        for k, v in (stats.get("knn_accuracy") or {}).items():
+            w.add_scalar(f"eval/knn_accuracy_k{k}", v, it)
+        for k in ("ssl_loss", "ssl_steps", "ssl_images_per_second", "replay_size", "new_images"):
+            if k in stats:
+                w.add_scalar(f"ssl/{k.removeprefix('ssl_')}", float(stats[k]), it)
+        for k, v in self.agent.stats().items():
+            if np.isscalar(v):
+                w.add_scalar(f"agent/{k}", float(v), it)
+        w.add_histogram("iteration/query_rewards", np.asarray(rewards), it)
+        best = sorted(records, key=lambda r: -r["query_reward"])[:5]
+        w.add_text("best_queries", "\n".join(f"{r['query_reward']:.4f}  {r['query']}  (g={r['true_relevance']:.2f})" for r in best), it)
+        if self.cfg.log_images and self.cfg.env.world.fidelity == "pixels" and best:
+            w.add_image("best_downloads_vs_nearest_targets", self._best_grid(best[0]["key"]), it)
+        w.flush()
+
+    def _best_grid(self, key: str) -> torch.Tensor:
+        """Top-8 images of the best query (top row) above each one's nearest target image."""
+        import torchvision.utils as vutils
+
+        env = self.env
+        imgs = env.cache[key]["images"]
+        feats = env.learner.features(imgs)
+        sims = feats @ env.target_feats.T
+        order = sims.max(dim=1).values.argsort(descending=True)[:8]
+        nearest = sims[order].argmax(dim=1)
+        rows = np.concatenate([imgs[order.numpy()], env.train_images[nearest.numpy()]])
+        t = torch.from_numpy(rows).permute(0, 3, 1, 2).float() / 255.0
+        return vutils.make_grid(t, nrow=len(order), padding=1)
+
+    # --- main loop ------------------------------------------------------------------------
+    def _checkpoint(self, info_steps: int) -> None:
+        state = {
+            "env": self.env.state_dict(),
+            "agent": self.agent.state_dict(),
+            "history": self.history,
+            "coverage": {k: (sorted(v) if isinstance(v, set) else v) for k, v in self.coverage.items()},
+            "steps": info_steps,
+        }
+        self.ckpt.save(self.env.iteration, state)
+
+    def _restore(self) -> tuple[np.ndarray, dict[str, Any]] | None:
+        state = self.ckpt.load_latest()
+        if state is None:
+            return None
+        self.env.load_state_dict(state["env"])
+        self.agent.load_state_dict(state["agent"])
+        self.history = state["history"]
+        cov = state["coverage"]
+        self.coverage = {"relevant_concepts": set(cov["relevant_concepts"]), "new_relevant_images": cov["new_relevant_images"], "classes_hit": set(cov["classes_hit"])}
+        return self.env._obs(), {"iteration_closed": True}
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        env, agent, cfg = self.env, self.agent, self.cfg
+        restored = self._restore() if resume else None
+        if restored is None:
+            self.log.truncate_to(0)
+            obs, info = env.reset(seed=cfg.seed)
+            self._checkpoint(0)
+        else:
+            obs, info = restored
+        done_steps = env.steps
+        records = self.log.read()
+        replay = records[done_steps:]
+        if len(records) > done_steps and not replay:
+            self.log.truncate_to(done_steps)
+        self._tb(purge_step=None if restored is None else env.iteration + 1)
+        iteration_records = []
+        budget = cfg.env.query_budget
+        pbar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            pbar = tqdm(total=budget, initial=env.steps, desc=f"{cfg.agent} queries", unit="q", file=sys.stderr)
+        t0 = time.time()
+        while env.steps < budget:
+            action = int(agent.act(obs, info))
+            if replay:
+                record = replay.pop(0)
+                if record["action"] != action:
+                    raise RuntimeError(
+                        f"resume diverged at step {env.steps}: agent chose {action}, log has {record['action']}"
+                    )
+                obs, reward, _, _, info = env.restore_step(record)
+            else:
+                obs, reward, _, _, info = env.step(action)
+                record = {
+                    "step": env.steps,
+                    "iteration": info["iteration"],
+                    "action": action,
+                    "concept": info["concept"],
+                    "query": info["query"],
+                    "descriptor": info["descriptor"],
+                    "key": info["key"],
+                    "cached": info["cached"],
+                    "reward": reward,
+                    "query_reward": info["query_reward"],
+                    "true_relevance": info["true_relevance"],
+                    "image_true_relevance": info["image_true_relevance"],
+                    "new_relevant_images": info["new_relevant_images"],
+                    "hits": info["hits"],
+                    "image_rewards": info["image_rewards"],
+                }
+                self.log.append(record)
+            agent.observe(action, reward, obs, info)
+            self._note_query(info)
+            iteration_records.append(record)
+            if pbar is not None:
+                pbar.update(1)
+            if info["iteration_closed"]:
+                self._log_iteration(info["iteration_stats"], iteration_records)
+                iteration_records = []
+                self._checkpoint(env.steps)
+                if pbar is not None and env.knn_history:
+                    pbar.set_postfix(knn=f"{env.knn_history[-1].get(20, 0):.3f}", g=f"{self.history['mean_true_relevance'][-1]:.3f}")
+        if pbar is not None:
+            pbar.close()
+        summary = self.summary(time.time() - t0)
+        summary.update(self._final_probe())
+        atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2))
+        w = self._tb(None)
+        if summary["linear_probe_accuracy"] is not None:
+            w.add_scalar("eval/linear_probe_accuracy", summary["linear_probe_accuracy"], env.iteration)
+        metrics = {"hparam/final_knn_accuracy": summary["knn_accuracy"][-1] if summary["knn_accuracy"] else 0.0,
+                   "hparam/mean_true_relevance": float(np.mean(summary["mean_true_relevance_per_iteration"] or [0.0]))}
+        hp = {"agent": cfg.agent, "seed": cfg.seed, "fidelity": cfg.env.world.fidelity,
+              "alignment": cfg.env.world.alignment, "queries_per_iteration": cfg.env.queries_per_iteration,
+              "iterations": cfg.env.iterations, "world_hash": env.world.fingerprint()}
+        w.add_hparams(hp, metrics, run_name="hparams")
+        w.close()
+        return summary
+
+    def _final_probe(self) -> dict[str, Any]:
+        """Linear-probe accuracy of the final encoder on the target train / test split."""
+        env = self.env
+        if not env.config.evaluate:
+            return {"linear_probe_accuracy": None, "linear_probe_best_C": None}
+        try:
+            res = linear_probe_accuracy(
+                env.learner.features(env.train_images), env.train_labels,
+                env.learner.features(env.test_images), env.test_labels, seed=self.cfg.seed,
+            )
+        except ValueError as exc:  # e.g. a single class: report, don't lose the run
+            print(f"[ie-explore] linear probe skipped: {exc}", file=sys.stderr)
+            return {"linear_probe_accuracy": None, "linear_probe_best_C": None}
+        return {"linear_probe_accuracy": res["accuracy"], "linear_probe_best_C": res["best_C"]}
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        env = self.env
+        knn = env.knn_history
+        stats = self.history["iteration_stats"]
+        out: dict[str, Any] = {
+            "agent": self.cfg.agent,
+            "seed": self.cfg.seed,
+            "iterations": env.iteration,
+            "queries": env.steps,
+            "knn_accuracy": [h[20] for h in knn if 20 in h],
+            "mean_reward_per_iteration": self.history["mean_reward"],
+            "mean_true_relevance_per_iteration": self.history["mean_true_relevance"],
+            "distinct_relevant_concepts_per_iteration": [s["distinct_relevant_concepts"] for s in stats],
+            "new_relevant_images_per_iteration": [s["new_relevant_images"] for s in stats],
+            "target_classes_hit_share_per_iteration": [s["target_classes_hit_share"] for s in stats],
+            "distinct_relevant_concepts": len(self.coverage["relevant_concepts"]),
+            "new_relevant_images": self.coverage["new_relevant_images"],
+            "target_classes_hit_share": len(self.coverage["classes_hit"]) / len(env.world.target_ids),
+            "ssl_loss_per_iteration": [s.get("ssl_loss") for s in stats],
+            "random_policy_expected_relevance": float(env.world.relevance.mean()),
+            "target_concepts": env.world.target_names,
+            "world_hash": env.world.fingerprint(),
+            "seconds_this_process": seconds,
+            "counters_this_process": dict(env.counters),
+        }
+        for k in (10, 200):
+            out[f"knn_accuracy_k{k}"] = [h[k] for h in knn if k in h]
+        return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ie-explore", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name} shipped with the package)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set env.iterations=4")
+    p.add_argument("--agent", default=None, help="agent name (gp, random, uniform, greedy, gp_ucb, oracle, ...)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--logdir", default=None, help="run directory (default runs/<agent>-seed<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --logdir where it stopped")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    overrides = list(args.overrides)
+    if args.agent is not None:
+        overrides.append(f"agent={args.agent}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    return resolve(RunConfig, args.config or DEFAULT_CONFIG, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = build_config(args)
+        logdir = args.logdir or f"runs/{cfg.agent}-seed{cfg.seed}"
+        runner = Runner(cfg, logdir, resume=args.resume, progress=not args.no_progress)
+        summary = runner.run(resume=args.resume)
+    except (ConfigError, FileExistsError, ValueError) as exc:
+        print(f"ie-explore: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: summary[k] for k in ("agent", "iterations", "queries", "knn_accuracy", "mean_true_relevance_per_iteration")}))
+    print(f"run directory: {logdir}  (tensorboard --logdir {logdir}/tb)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

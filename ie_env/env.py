@@ -1,0 +1,553 @@
+"""``InternetExplorerEnv``: one step = one query; every ``queries_per_iteration`` steps, an SSL update.
+
+Data flow of a step: concept index -> query text (``"{descriptor} {lemma}"``) -> search -> images
+-> features under the current encoder -> image rewards (mean cosine similarity to the k=15 nearest
+target features) -> query reward (mean of the top-10). When an iteration closes the learner trains
+on the iteration's new images plus ``pcr`` x as many drawn from replay buffer and target train set,
+the best half of the new images joins the replay buffer, target features are refreshed, the
+``gain`` of each query is measured and k-NN accuracy on the target test split is evaluated.
+
+``action_mode`` (``vocab`` | ``embedding`` | ``slate``, :mod:`ie_env.actions`) chooses the action and
+observation spaces; ``targets`` (:mod:`ie_env.target_sampling`) can draw a fresh hidden target at every
+``reset`` from a train or held-out split. In the ``latent`` fidelity a lean path scores a query's
+image latents in one product and a compiled top-k (:mod:`ie_env.latent_fast`), keeps each query's
+result list in a per-world bank, and with ``info_level="minimal"`` leaves out the costly info fields
+(per-image rewards, per-query gains unless the reward needs them, k-NN after each iteration).
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from ie_env.actions import ACTION_MODES, ActionConfig, EpisodeHistory, make_action_mode
+from ie_env.config import ConfigError, from_dict, merge
+from ie_env.evaluation.knn import knn_accuracies
+from ie_env.learner.base import Learner
+from ie_env.learner.ssl import SSLConfig, SSLLearner
+from ie_env.latent_fast import LatentScorer, segment_top_means, top_mean
+from ie_env.learner.surrogate import SurrogateConfig, WhiteningSurrogate
+from ie_env.query_store import QueryStore, query_key
+from ie_env.replay import ReplayBuffer
+from ie_env.reward import image_rewards, query_reward
+from ie_env.target_sampling import TargetSampler, TargetSamplingConfig
+from ie_env.targets import TargetConfig, TargetSet, load_target
+from ie_env.vocab.descriptors import DescriptorConfig, NoDescriptors, make_descriptor_source
+from ie_env.vocab.text_embed import concept_embeddings
+from ie_env.worlds.embedded import NS_WEB, EmbeddedWorld, WorldConfig, load_vocabulary
+
+
+@dataclass
+class EnvConfig:
+    """Everything an episode depends on; paper values in comments."""
+
+    world: WorldConfig = field(default_factory=WorldConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+    descriptors: DescriptorConfig = field(default_factory=DescriptorConfig)
+    images_per_query: int = 50  # paper 100
+    min_images: int = 10  # paper: keep queries with >= 10 images
+    queries_per_iteration: int = 16  # paper 256
+    iterations: int = 8  # query budget = iterations x queries_per_iteration
+    reward: Literal["query", "gain"] = "query"
+    k: int = 15  # nearest target images per image reward
+    top_images: int = 10  # image rewards averaged into a query reward
+    pcr: float = 2.0  # replayed + target images per new image
+    replay_fraction: float = 0.5  # share of new images kept in the replay buffer
+    replay_capacity: int = 0  # 0 = unbounded
+    warmup_images: int = 2560  # target-only SSL before exploring (the paper's start point)
+    history: int = 4  # past queries in the observation
+    action_mode: Literal["vocab", "embedding", "slate"] = "vocab"
+    actions: ActionConfig = field(default_factory=ActionConfig)
+    targets: TargetSamplingConfig = field(default_factory=TargetSamplingConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)  # the labeled target set (default: the world's)
+    info_level: Literal["full", "minimal"] = "full"  # minimal: no per-image lists, gains or k-NN
+    mask_queried: bool = False  # action_masks() forbids concepts already queried
+    knn_k: list[int] = field(default_factory=lambda: [20, 10, 200])
+    knn_t: float = 0.07
+    evaluate: bool = True  # k-NN on the target test split after every iteration
+
+    @property
+    def query_budget(self) -> int:
+        return self.iterations * self.queries_per_iteration
+
+    def validate(self) -> None:
+        for name in ("images_per_query", "queries_per_iteration", "iterations", "k", "top_images"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.reward not in ("query", "gain"):
+            raise ConfigError(f"reward must be 'query' or 'gain', got {self.reward!r}")
+        if self.action_mode not in ACTION_MODES:
+            raise ConfigError(f"action_mode {self.action_mode!r} is not supported; valid: {', '.join(ACTION_MODES)}")
+        if self.info_level not in ("full", "minimal"):
+            raise ConfigError(f"info_level must be 'full' or 'minimal', got {self.info_level!r}")
+        if self.history < 0:
+            raise ConfigError(f"history must be >= 0, got {self.history}")
+        if self.pcr < 0 or not 0 <= self.replay_fraction <= 1:
+            raise ConfigError("pcr must be >= 0 and replay_fraction in [0, 1]")
+        if self.target.kind != "embedded":
+            if self.world.fidelity != "pixels":
+                raise ConfigError(f"target.kind={self.target.kind} needs world.fidelity=pixels")
+            if self.targets.mode != "fixed":
+                raise ConfigError(f"target.kind={self.target.kind} needs targets.mode=fixed")
+            if self.target.image_size not in (None, self.world.image_size):
+                raise ConfigError(f"target.image_size ({self.target.image_size}) must equal world.image_size ({self.world.image_size})")
+
+
+def make_config(config: EnvConfig | dict | None = None, **overrides: Any) -> EnvConfig:
+    cfg = config if isinstance(config, EnvConfig) else from_dict(EnvConfig, config or {})
+    return merge(cfg, overrides) if overrides else cfg
+
+
+class InternetExplorerEnv(gym.Env):
+    """Targeted exploration of an image search engine, as a Gymnasium environment.
+
+    ``config`` is an :class:`EnvConfig` or a (partial, nested) dict of its fields.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: EnvConfig | dict | None = None, store_dir: str | None = None, **overrides: Any) -> None:
+        self.config = make_config(config, **overrides)
+        cfg = self.config
+        self.vocabulary = load_vocabulary(cfg.world.vocabulary)
+        self.concept_embeddings = concept_embeddings(self.vocabulary)
+        self.world = EmbeddedWorld(cfg.world, self.vocabulary, self.concept_embeddings)
+        self.store = QueryStore(store_dir) if store_dir else None
+        self._descriptors = make_descriptor_source(cfg.descriptors)
+        self._plain_queries = isinstance(self._descriptors, NoDescriptors)
+        self._latent = cfg.world.fidelity == "latent"
+        self._full_info = cfg.info_level == "full"
+        self.action_mode = make_action_mode(
+            cfg.action_mode, cfg.actions, self.concept_embeddings, cfg.history, cfg.query_budget, cfg.mask_queried
+        )
+        self.action_space = self.action_mode.action_space
+        self.observation_space = self.action_mode.observation_space
+        self.obs_dim = self.action_mode.context_dim
+        self.target_sampler = (
+            TargetSampler(self.vocabulary, cfg.world.num_targets, cfg.targets) if cfg.targets.mode != "fixed" else None
+        )
+        self.target_theme = cfg.world.target_theme if self.target_sampler is None else ""
+        self.counters = {"materialized_images": 0, "scored_images": 0, "ssl_updates": 0}
+        self._bank: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}  # query results, shared by episodes
+        self._splits: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._keys: dict[int, tuple[str, str, str]] = {}
+        self._target_feats: torch.Tensor | None = None
+        self._scorer: LatentScorer | None = None
+        self._ready = False
+
+    # --- public helpers ---------------------------------------------------------------------
+    def ground_truth_relevance(self) -> np.ndarray:
+        """g(c) for every concept (embedded world only; never part of an observation)."""
+        return self.world.relevance.copy()
+
+    def action_masks(self) -> np.ndarray:
+        """Allowed actions (sb3-contrib's MaskablePPO convention); all allowed in ``embedding`` mode."""
+        if not self._ready:
+            n = self.action_space.n if isinstance(self.action_space, gym.spaces.Discrete) else 1
+            return np.ones(n, dtype=bool)
+        mask = self.action_mode.action_masks(self.history)
+        return np.ones(1, dtype=bool) if mask is None else mask
+
+    @property
+    def queried(self) -> np.ndarray:
+        """Distinct concepts queried this episode (sorted)."""
+        return np.flatnonzero(self.history.queried)
+
+    @property
+    def target_feats(self) -> torch.Tensor:
+        return self._target_feats
+
+    @target_feats.setter
+    def target_feats(self, value: torch.Tensor) -> None:
+        self._target_feats = value
+        self._scorer = None
+
+    # --- episode --------------------------------------------------------------------------
+    def _make_learner(self) -> Learner:
+        if self._latent:
+            return WhiteningSurrogate(self.config.world.latent_dim, self.config.surrogate)
+        ssl_cfg = copy.deepcopy(self.config.ssl)
+        ssl_cfg.image_size = self.config.world.image_size
+        ssl_cfg.seed = int(self._episode_seed)
+        return SSLLearner(ssl_cfg)
+
+    def _external_target(self) -> TargetSet:
+        """The configured image-folder / torchvision target set, loaded once."""
+        if getattr(self, "_target_set", None) is None:
+            self._target_set = load_target(self.config.target, self.config.world.image_size)
+        return self._target_set
+
+    @property
+    def target_class_names(self) -> list[str]:
+        """Names of the target classes (label i = name i)."""
+        if self.config.target.kind != "embedded":
+            return list(self._external_target().class_names)
+        return list(self.world.target_names)
+
+    def _split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        if self.config.target.kind != "embedded":
+            ts = self._external_target()
+            return (ts.train_images, ts.train_labels) if split == "train" else (ts.test_images, ts.test_labels)
+        key = (split, self.world.target_ids.tobytes())
+        hit = self._splits.get(key)
+        if hit is None:
+            if len(self._splits) >= 16:
+                self._splits.clear()
+            images, labels, _ = self.world.target_split(split)
+            hit = self._splits[key] = (images, labels)
+        return hit
+
+    @property
+    def test_images(self) -> np.ndarray:
+        return self._split("test")[0]
+
+    @property
+    def test_labels(self) -> np.ndarray:
+        return self._split("test")[1]
+
+    def _draw_target(self) -> None:
+        """A fresh hidden target from the configured split (``targets.mode`` train / heldout)."""
+        split = "heldout" if self.config.targets.mode == "heldout" else "train"
+        theme, ids = self.target_sampler.sample(split, np.random.default_rng([self._episode_seed, 5]))
+        if not np.array_equal(ids, self.world.target_ids):
+            self.world.set_targets(ids)
+        self.target_theme = theme
+
+    def _init_episode(self) -> None:
+        self.rng = np.random.default_rng(self._episode_seed)
+        if self.target_sampler is not None:
+            self._draw_target()
+        self.learner = self._make_learner()
+        self.replay = ReplayBuffer(self.config.replay_capacity)
+        self.train_images, self.train_labels = self._split("train")
+        self.cache: dict[str, dict[str, np.ndarray]] = {}
+        self._scored: dict[str, np.ndarray] = {}
+        self.history = EpisodeHistory(len(self.vocabulary), self.config.query_budget)
+        self.action_mode.reset(np.random.default_rng([self._episode_seed, 7]))
+        self.steps = 0
+        self.iteration = 0
+        self._pending: list[dict[str, Any]] = []
+        self.knn_history: list[dict[int, float]] = []
+        self.last_iteration: dict[str, Any] = {}
+        self._ready = True
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._episode_seed = int(self.np_random.integers(2**31))
+        self._init_episode()
+        warm = self.config.warmup_images
+        if warm > 0:
+            reps = int(np.ceil(warm / len(self.train_images)))
+            idx = np.tile(np.arange(len(self.train_images)), reps)[:warm]
+            self.learner.update(self.train_images[idx])
+            self.counters["ssl_updates"] += 1
+        self._refresh_targets()
+        if self.config.evaluate and self._full_info:
+            self.knn_history.append(self.evaluate())
+        info: dict[str, Any] = {"knn_accuracy": self.knn_history[-1] if self.knn_history else None}
+        if self.target_sampler is not None:
+            info["target_theme"] = self.target_theme
+        return self._observe(), info
+
+    def _refresh_targets(self) -> None:
+        self.target_feats = self.learner.features(self.train_images)
+
+    def evaluate(self) -> dict[int, float]:
+        """Weighted k-NN accuracy on the target test split for every ``knn_k``."""
+        tr = self.target_feats
+        te = self.learner.features(self.test_images)
+        return knn_accuracies(
+            tr, torch.as_tensor(self.train_labels), te, torch.as_tensor(self.test_labels),
+            ks=tuple(self.config.knn_k), T=self.config.knn_t,
+        )
+
+    def _observe(self) -> Any:
+        """The observation after the latest step (slate mode draws the next slate here)."""
+        self._last_obs = self.action_mode.observation(self.history)
+        return self._last_obs
+
+    def _obs(self) -> Any:
+        return self._last_obs
+
+    # --- one query ------------------------------------------------------------------------
+    def _query(self, action: int) -> tuple[str, str, str]:
+        if self._plain_queries:
+            hit = self._keys.get(action)
+            if hit is None:
+                concept = self.vocabulary[action]
+                hit = self._keys[action] = (concept.lemma, "", query_key(concept.name, "", self.config.images_per_query))
+            return hit
+        concept = self.vocabulary[action]
+        descriptor = self._descriptors.descriptor(concept.lemma, self.rng)
+        text = f"{descriptor} {concept.lemma}" if descriptor else concept.lemma
+        return text, descriptor, query_key(concept.name, descriptor, self.config.images_per_query)
+
+    def _download(self, action: int, descriptor: str) -> dict[str, np.ndarray]:
+        qk = zlib.crc32(descriptor.encode()) if descriptor else 0
+        n = self.config.images_per_query
+        entry = self._bank.get((action, qk, n)) if self._latent else None
+        if entry is None:
+            concepts, indices = self.world.search(action, qk, n)
+            images = self.world.images(concepts, indices, NS_WEB)
+            entry = {"images": images, "concepts": concepts}
+            if self._latent:
+                entry["images"].setflags(write=False)
+                entry["concepts"].setflags(write=False)
+                self._bank[(action, qk, n)] = entry
+        self.counters["materialized_images"] += len(entry["images"])
+        return entry
+
+    def _latent_scorer(self) -> LatentScorer:
+        if self._scorer is None:
+            feats = self._target_feats.numpy() if isinstance(self._target_feats, torch.Tensor) else self._target_feats
+            self._scorer = LatentScorer.from_learner(self.learner, feats, self.config.k)
+        return self._scorer
+
+    def _score(self, images: np.ndarray) -> np.ndarray:
+        """Image rewards under the current encoder: the paper's mean similarity to the k nearest targets."""
+        if self._latent:
+            return self._latent_scorer().image_rewards(images)
+        feats = self.learner.features(images)
+        return image_rewards(feats, self.target_feats, self.config.k).numpy()
+
+    def _score_query(self, images: np.ndarray) -> tuple[np.ndarray, float]:
+        """Image rewards and the query reward (mean of the ``top_images`` best) of one query."""
+        if self._latent:
+            return self._latent_scorer().score(images, self.config.top_images)
+        rewards = self._score(images)
+        return rewards, query_reward(rewards, self.config.top_images)
+
+    def step(self, action):
+        if not self._ready:
+            raise RuntimeError("call reset() before step()")
+        concept = self.action_mode.to_concept(action, self.history)
+        if self.steps >= self.config.query_budget:
+            raise RuntimeError("the query budget is spent; call reset()")
+        text, descriptor, key = self._query(concept)
+        entry = self.cache.get(key)
+        cached = entry is not None
+        if not cached:
+            entry = self.store.get(key) if self.store is not None else None
+            if entry is None:
+                entry = self._download(concept, descriptor)
+                if self.store is not None:
+                    self.store.put(key, **entry)
+            self.cache[key] = entry
+        scored = self._scored.get(key)
+        if scored is None:
+            scored = self._score_query(entry["images"])
+            self.counters["scored_images"] += len(scored[0])
+            self._scored[key] = scored  # same images, same encoder: same rewards until the update
+        return self._record(concept, text, descriptor, key, cached, scored[0], scored[1])
+
+    def restore_step(self, record: dict[str, Any]):
+        """Re-apply a logged query (from ``queries.jsonl``) without downloading or scoring again.
+
+        Used when a killed run resumes mid-iteration: images come from the run's store, rewards
+        from the record. Returns what ``step`` returned for it.
+        """
+        action = int(record["action"])
+        text, descriptor, key = self._query(action)
+        if key != record["key"]:
+            raise RuntimeError(f"resume diverged at step {self.steps}: query {text!r} is not the logged one")
+        entry = self.cache.get(key) or (self.store.get(key) if self.store is not None else None)
+        if entry is None:
+            raise RuntimeError(f"resume: the images of logged query {text!r} are missing from the store")
+        self.cache[key] = entry
+        rewards = np.asarray(record["image_rewards"], dtype=np.float32)
+        return self._record(action, text, descriptor, key, bool(record["cached"]), rewards)
+
+    def _record(self, action, text, descriptor, key, cached, rewards, q_reward=None):
+        cfg = self.config
+        n = len(rewards)
+        valid = n >= cfg.min_images
+        if not valid:
+            q_reward = 0.0
+        elif q_reward is None:
+            q_reward = top_mean(rewards, cfg.top_images)
+        self.history.record(action, q_reward)
+        g = float(self.world.relevance[action])
+        self._pending.append(
+            {"key": key, "action": action, "cached": cached, "valid": valid, "rewards": rewards, "q": q_reward}
+        )
+        self.steps += 1
+        info: dict[str, Any] = {
+            "action": action,
+            "concept": self.vocabulary[action].name,
+            "query_reward": q_reward,
+            "true_relevance": g,
+            "hits": n,
+            "new_images": 0 if cached or not valid else n,
+            "cached": cached,
+            "iteration": self.iteration,
+            "iteration_closed": False,
+        }
+        if self._full_info:
+            entry = self.cache[key]
+            hit_rel = self.world.relevance[entry["concepts"]]
+            is_new = valid and not cached
+            relevant = hit_rel >= 0.5
+            classes_hit = np.unique(self.world.nearest_target[entry["concepts"][relevant]]) if is_new else []
+            info.update(
+                {
+                    "query": text,
+                    "descriptor": descriptor,
+                    "key": key,
+                    "image_rewards": rewards.tolist(),
+                    "failures": 0 if valid else n,
+                    "image_true_relevance": float(hit_rel.mean()) if len(hit_rel) else 0.0,
+                    "new_relevant_images": int(relevant.sum()) if is_new else 0,
+                    "target_classes_hit": [int(c) for c in classes_hit],
+                }
+            )
+        reward = q_reward
+        if len(self._pending) == cfg.queries_per_iteration:
+            stats = self._close_iteration()
+            info["iteration_closed"] = True
+            info["iteration_stats"] = stats
+            if "gains" in stats:
+                info["gain"] = stats["gains"]
+            if cfg.reward == "gain":
+                reward = float(np.sum(stats["gains"]))
+        elif cfg.reward == "gain":
+            reward = 0.0
+        truncated = self.steps >= cfg.query_budget
+        if truncated:
+            info["ie_episode"] = self._episode_summary()
+        return self._observe(), float(reward), False, truncated, info
+
+    def _episode_summary(self) -> dict[str, float]:
+        """Figures of the finished episode (for training callbacks): mean ground-truth relevance per
+        query, the oracle's (the budget's best distinct concepts) and their ratio."""
+        h = self.history
+        rel = self.world.relevance
+        g = float(rel[h.actions[: h.t]].mean()) if h.t else 0.0
+        n = min(h.t, len(rel))
+        oracle = float(np.partition(rel, len(rel) - n)[len(rel) - n :].mean()) if n else 0.0
+        return {"mean_true_relevance": g, "oracle_relevance": oracle, "oracle_fraction": g / oracle if oracle else 0.0,
+                "mean_query_reward": float(h.rewards[: h.t].mean()) if h.t else 0.0,
+                "distinct_relevant_concepts": int((rel[h.queried] >= 0.5).sum())}
+
+    # --- the SSL iteration ----------------------------------------------------------------
+    def _training_batch(self, fresh: np.ndarray, n_new: int) -> np.ndarray:
+        """The iteration's new images plus ``pcr`` x as many drawn from target train set and replay."""
+        pool_parts = [self.train_images] + ([self.replay.images] if len(self.replay) else [])
+        pool = np.concatenate(pool_parts) if len(pool_parts) > 1 else pool_parts[0]
+        n_mix = int(round(self.config.pcr * n_new))
+        mixed = pool[self.rng.integers(0, len(pool), size=n_mix)] if n_mix else pool[:0]
+        train = np.concatenate([fresh, mixed])
+        if self._latent:  # the whitening surrogate sees only the batch's mean and covariance
+            return train
+        return train[self.rng.permutation(len(train))]
+
+    def _gains(self, before: list[float]) -> list[float]:
+        cfg = self.config
+        pend = self._pending
+        if self._latent:
+            imgs = [self.cache[p["key"]]["images"] for p in pend]
+            after = self._score(np.concatenate(imgs)) if imgs else np.zeros(0, np.float32)
+            q_after = segment_top_means(after, [len(x) for x in imgs], cfg.top_images)
+        else:
+            q_after = []
+            for p in pend:
+                imgs = self.cache[p["key"]]["images"]
+                after = image_rewards(self.learner.features(imgs), self.target_feats, cfg.k).numpy()
+                q_after.append(query_reward(after, cfg.top_images))
+        return [qa - b if p["valid"] else 0.0 for p, b, qa in zip(pend, before, q_after)]
+
+    def _close_iteration(self) -> dict[str, Any]:
+        cfg = self.config
+        new = [p for p in self._pending if not p["cached"] and p["valid"]]
+        new_images = [self.cache[p["key"]]["images"] for p in new]
+        n_new = sum(len(x) for x in new_images)
+        stats: dict[str, Any] = {"iteration": self.iteration + 1, "new_images": n_new}
+        before = [p["q"] for p in self._pending]
+        if n_new:
+            fresh = np.concatenate(new_images)
+            upd = self.learner.update(self._training_batch(fresh, n_new))
+            self.counters["ssl_updates"] += 1
+            stats.update({f"ssl_{k}": float(v) for k, v in upd.items()})
+            stats["replay_added"] = self.replay.add_top(fresh, np.concatenate([p["rewards"] for p in new]), cfg.replay_fraction)
+        self._refresh_targets()
+        self._scored = {}
+        if cfg.reward == "gain" or self._full_info:
+            stats["gains"] = self._gains(before)
+        stats["replay_size"] = len(self.replay)
+        stats["mean_query_reward"] = float(np.mean(before))
+        stats["mean_true_relevance"] = float(np.mean(self.world.relevance[[p["action"] for p in self._pending]]))
+        if cfg.evaluate and self._full_info:
+            self.knn_history.append(self.evaluate())
+            stats["knn_accuracy"] = self.knn_history[-1]
+        self.iteration += 1
+        self._pending = []
+        self.last_iteration = stats
+        return stats
+
+    # --- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Episode state at an iteration boundary (the learner, replay, caches, RNG)."""
+        if self._pending:
+            raise RuntimeError("state_dict() is taken at iteration boundaries only")
+        mode = self.action_mode
+        return {
+            "episode_seed": self._episode_seed,
+            "rng": self.rng.bit_generator.state,
+            "np_random": self.np_random.bit_generator.state,
+            "learner": self.learner.state_dict(),
+            "replay": self.replay.state_dict(),
+            "cache_keys": list(self.cache),
+            "cache": None if self.store is not None else self.cache,
+            "history": self.history.state_dict(),
+            "action_mode": {
+                "rng": mode.rng.bit_generator.state,
+                "candidates": getattr(mode, "candidates", None),
+                "from_neighbors": getattr(mode, "from_neighbors", None),
+            },
+            "target_ids": self.world.target_ids.copy(),
+            "steps": self.steps,
+            "iteration": self.iteration,
+            "knn_history": self.knn_history,
+            "counters": dict(self.counters),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._episode_seed = state["episode_seed"]
+        self._init_episode()
+        if "target_ids" in state and not np.array_equal(state["target_ids"], self.world.target_ids):
+            self.world.set_targets(np.asarray(state["target_ids"]))
+            self.train_images, self.train_labels = self._split("train")
+        self.rng.bit_generator.state = state["rng"]
+        self.np_random.bit_generator.state = state["np_random"]
+        self.learner.load_state_dict(state["learner"])
+        self.replay.load_state_dict(state["replay"])
+        if state["cache"] is not None:
+            self.cache = state["cache"]
+        else:
+            self.cache = {}
+            for k in state["cache_keys"]:
+                entry = self.store.get(k)
+                if entry is None:
+                    raise RuntimeError(f"checkpoint refers to query {k} missing from the store")
+                self.cache[k] = entry
+        self.history = EpisodeHistory.from_state(len(self.vocabulary), state["history"])
+        mode_state = state.get("action_mode") or {}
+        if mode_state.get("rng") is not None:
+            self.action_mode.rng.bit_generator.state = mode_state["rng"]
+        self.steps, self.iteration = state["steps"], state["iteration"]
+        self.knn_history = state["knn_history"]
+        self._pending = []
+        self._refresh_targets()
+        if mode_state.get("candidates") is not None:  # the slate the agent saw: no new draw
+            self.action_mode.candidates = np.asarray(mode_state["candidates"])
+            self.action_mode.from_neighbors = np.asarray(mode_state["from_neighbors"])
+            self._last_obs = {"context": self.action_mode.context(self.history),
+                              "candidates": self.action_mode.candidate_features(self.history)}
+        else:
+            self._last_obs = self.action_mode.context(self.history)

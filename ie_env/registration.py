@@ -1,0 +1,60 @@
+"""Gymnasium ids of the environment; ``import ie_env`` registers them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+ENTRY_POINT = "ie_env.env:InternetExplorerEnv"
+
+#: id -> default kwargs. ``gymnasium.make(id, config={...})`` overrides any config field.
+ENV_IDS: dict[str, dict[str, Any]] = {
+    # The paper's loop on the embedded offline web: pixels with SSL in the loop, sized for a CPU.
+    "InternetExplorer-v0": {},
+    # The same world without pixels: a whitening surrogate learner over image latents (fast RL).
+    "InternetExplorerLatent-v0": {"world": {"fidelity": "latent"}},
+    # Learning to explore: a fresh hidden target per reset from the training themes, slate actions,
+    # lean info (ground-truth relevance kept), no k-NN. Evaluate on the held-out twin below.
+    "InternetExplorerLatentRL-v0": {
+        "world": {"fidelity": "latent"},
+        "targets": {"mode": "train"},
+        "action_mode": "slate",
+        "actions": {"embed_dim": 32, "summary": True},
+        "info_level": "minimal",
+        "evaluate": False,
+    },
+    # The same, with targets from held-out themes that no training target uses.
+    "InternetExplorerLatentRLHeldout-v0": {
+        "world": {"fidelity": "latent"},
+        "targets": {"mode": "heldout"},
+        "action_mode": "slate",
+        "actions": {"embed_dim": 32, "summary": True},
+        "info_level": "minimal",
+        "evaluate": False,
+    },
+}
+
+
+def _entry(**kwargs: Any):
+    from ie_env.env import InternetExplorerEnv, make_config
+
+    defaults = kwargs.pop("_defaults")
+    cfg = make_config(defaults)
+    extra = kwargs.pop("config", None)
+    if extra:
+        from ie_env.config import merge
+
+        cfg = merge(cfg, extra)
+    return InternetExplorerEnv(cfg, **kwargs)
+
+
+def register_envs() -> None:
+    for env_id, defaults in ENV_IDS.items():
+        if env_id not in gym.registry:
+            gym.register(
+                id=env_id,
+                entry_point="ie_env.registration:_entry",
+                kwargs={"_defaults": defaults},
+                disable_env_checker=False,
+            )

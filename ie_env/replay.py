@@ -1,0 +1,44 @@
+"""Replay buffer of the best earlier finds (paper: the top 50% of each iteration's new images)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class ReplayBuffer:
+    """Images with their rewards; ``add_top`` keeps the best ``fraction`` of a batch."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.capacity = int(capacity)  # 0 = unbounded
+        self.images: np.ndarray | None = None
+        self.rewards = np.zeros(0, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return 0 if self.images is None else len(self.images)
+
+    def add_top(self, images: np.ndarray, rewards: np.ndarray, fraction: float = 0.5) -> int:
+        """Add the ``fraction`` highest-reward images of the batch; returns how many were added."""
+        if len(images) == 0:
+            return 0
+        keep = int(np.ceil(len(images) * fraction))
+        order = np.argsort(-np.asarray(rewards), kind="stable")[:keep]
+        imgs, rw = images[order], np.asarray(rewards, dtype=np.float32)[order]
+        if self.images is None:
+            self.images, self.rewards = imgs.copy(), rw.copy()
+        else:
+            self.images = np.concatenate([self.images, imgs])
+            self.rewards = np.concatenate([self.rewards, rw])
+        if self.capacity and len(self.images) > self.capacity:
+            best = np.sort(np.argsort(-self.rewards, kind="stable")[: self.capacity])
+            self.images, self.rewards = self.images[best], self.rewards[best]
+        return keep
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"capacity": self.capacity, "images": self.images, "rewards": self.rewards}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.capacity = int(state["capacity"])
+        self.images = state["images"]
+        self.rewards = state["rewards"]

@@ -1,0 +1,127 @@
+"""The latent fidelity's fast path computes the paper's rewards from latents, exactly as the slow one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ie_env.latent_fast as lf
+from ie_env.env import InternetExplorerEnv
+from ie_env.latent_fast import LatentScorer, segment_top_means, top_mean
+from ie_env.learner.surrogate import WhiteningSurrogate
+from ie_env.reward import image_rewards, query_reward
+from tests.conftest import latent_config
+
+
+def _reference(learner, targets, x, k):
+    return image_rewards(learner.features(x), learner.features(targets), k).numpy()
+
+
+@pytest.mark.parametrize("n,t,k", [(50, 100, 15), (7, 30, 15), (20, 10, 15), (1, 5, 1)])
+def test_scorer_matches_reference_image_and_query_rewards(n, t, k):
+    rng = np.random.default_rng(n + t)
+    learner = WhiteningSurrogate(16)
+    learner.update(rng.standard_normal((300, 16)) * rng.uniform(0.5, 2, 16) + 0.3)
+    targets = rng.standard_normal((t, 16)).astype(np.float32)
+    x = (targets[rng.integers(0, t, n)] + 0.5 * rng.standard_normal((n, 16))).astype(np.float32)
+    scorer = LatentScorer.from_learner(learner, learner.features_np(targets), k)
+    ref = _reference(learner, targets, x, k)
+    got, q = scorer.score(x, 10)
+    np.testing.assert_allclose(got, ref, atol=2e-6)
+    assert q == pytest.approx(query_reward(ref, 10), abs=2e-6)
+    assert top_mean(got, 10) == pytest.approx(q, abs=1e-6)
+
+
+def test_numpy_fallback_agrees_with_the_compiled_kernel(monkeypatch):
+    rng = np.random.default_rng(5)
+    learner = WhiteningSurrogate(16)
+    targets = rng.standard_normal((100, 16)).astype(np.float32)
+    x = rng.standard_normal((50, 16)).astype(np.float32)
+    scorer = LatentScorer.from_learner(learner, learner.features_np(targets), 15)
+    fast, qf = scorer.score(x, 10)
+    monkeypatch.setattr(lf, "HAVE_NUMBA", False)
+    slow, qs = scorer.score(x, 10)
+    np.testing.assert_allclose(fast, slow, atol=2e-6)
+    assert qf == pytest.approx(qs, abs=2e-6)
+    assert scorer.score(x[:0], 10)[1] == 0.0
+
+
+def test_segment_top_means():
+    v = np.array([1, 2, 3, 10, 20, 0.5], np.float32)
+    assert segment_top_means(v, [3, 2, 1], 2) == pytest.approx([2.5, 15.0, 0.5])
+    assert top_mean(np.zeros(0, np.float32), 3) == 0.0
+
+
+def test_env_rewards_are_the_reference_computation_on_its_own_state():
+    env = InternetExplorerEnv(latent_config())
+    env.reset(seed=4)
+    for a in [5, 77, 5, 1200, 9, 33, 2, 600]:
+        _, r, _, _, info = env.step(a)
+        imgs = env.cache[info["key"]]["images"]
+        if not info["iteration_closed"]:  # scored under the encoder still in place
+            ref = image_rewards(env.learner.features(imgs), env.target_feats, env.config.k).numpy()
+            np.testing.assert_allclose(info["image_rewards"], ref, atol=2e-6)
+            assert r == pytest.approx(query_reward(ref, env.config.top_images), abs=2e-6)
+
+
+def test_minimal_info_changes_nothing_but_the_info():
+    actions = [3, 40, 3, 900, 41, 42, 7, 8, 100, 101, 5, 6]
+    full = InternetExplorerEnv(latent_config(reward="gain"))
+    lean = InternetExplorerEnv(latent_config(reward="gain", info_level="minimal"))
+    of, _ = full.reset(seed=9)
+    ol, _ = lean.reset(seed=9)
+    assert np.array_equal(of, ol)
+    for a in actions:
+        of, rf, _, tf, inf_f = full.step(a)
+        ol, rl, _, tl, inf_l = lean.step(a)
+        assert np.array_equal(of, ol) and rf == rl and tf == tl
+        assert inf_f["query_reward"] == inf_l["query_reward"]
+        assert inf_f["true_relevance"] == inf_l["true_relevance"]
+        assert "image_rewards" in inf_f and "image_rewards" not in inf_l
+    assert full.knn_history and not lean.knn_history
+    assert np.array_equal(full.learner.W, lean.learner.W)
+
+
+def test_result_bank_serves_identical_images_across_episodes_and_is_read_only():
+    env = InternetExplorerEnv(latent_config())
+    env.reset(seed=0)
+    _, _, _, _, i1 = env.step(11)
+    img1 = env.cache[i1["key"]]["images"]
+    env.reset(seed=1)
+    _, _, _, _, i2 = env.step(11)
+    img2 = env.cache[i2["key"]]["images"]
+    assert img1 is img2  # one bank entry per query, shared by episodes
+    concepts, idx = env.world.search(11, 0, env.config.images_per_query)
+    np.testing.assert_array_equal(img2, env.world.images(concepts, idx))
+    with pytest.raises(ValueError):
+        img2[0, 0] = 1.0
+    assert env.counters["materialized_images"] == 2 * env.config.images_per_query  # counted per episode
+
+
+def test_target_features_assigned_from_outside_rescore():
+    """``experiments/target_only`` sets ``env.target_feats``; the scorer must follow it."""
+    env = InternetExplorerEnv(latent_config())
+    env.reset(seed=0)
+    env.target_feats = torch.from_numpy(env.learner.features_np(env.train_images[:20]))
+    _, r, _, _, info = env.step(3)
+    ref = image_rewards(env.learner.features(env.cache[info["key"]]["images"]), env.target_feats, env.config.k)
+    np.testing.assert_allclose(info["image_rewards"], ref.numpy(), atol=2e-6)
+
+
+def test_state_round_trip_resumes_the_same_trajectory():
+    cfg = latent_config(action_mode="slate", actions={"embed_dim": 16, "slate_size": 6})
+    a = InternetExplorerEnv(cfg)
+    a.reset(seed=3)
+    for i in range(4):
+        a.step(i % 6)
+    state = a.state_dict()
+    b = InternetExplorerEnv(cfg)
+    b.reset(seed=99)
+    b.load_state_dict(state)
+    assert np.array_equal(a._obs()["candidates"], b._obs()["candidates"])
+    for i in range(4):
+        oa, ra, *_ = a.step(i)
+        ob, rb, *_ = b.step(i)
+        assert ra == pytest.approx(rb, abs=1e-6)
+        assert np.array_equal(oa["candidates"], ob["candidates"])
