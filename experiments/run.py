@@ -358,7 +358,7 @@ class Runner:
             "target_classes_hit_share": len(self.coverage["classes_hit"]) / len(env.world.target_ids),
             "ssl_loss_per_iteration": [s.get("ssl_loss") for s in stats],
             "random_policy_expected_relevance": float(env.world.relevance.mean()),
-            "target_concepts": env.world.target_names,
+            "target_concepts": env.target_class_names,
             "world_hash": env.world.fingerprint(),
             "seconds_this_process": seconds,
             "counters_this_process": dict(env.counters),

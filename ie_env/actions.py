@@ -388,12 +388,13 @@ class SlateMode(ActionMode):
         c = self.candidates
         out = np.zeros((self.K, self.cand_dim), dtype=np.float32)
         d = self.d
-        out[:, :d] = self.E[c]
+        ec = self.E[c]
+        out[:, :d] = ec
         out[:, d] = hist.last_reward[c]
         out[:, d + 1] = hist.queried[c]
         if hist.t:
             q = hist.actions[: hist.t]
-            sims = out[:, :d] @ self.E[q].T  # (K, t)
+            sims = ec @ self.E[q].T  # (K, t); contiguous operands keep this on BLAS
             best = sims.argmax(axis=1)
             rows = np.arange(self.K)
             out[:, d + 2] = sims[rows, best]

@@ -68,6 +68,9 @@ class EnvConfig:
     targets: TargetSamplingConfig = field(default_factory=TargetSamplingConfig)
     target: TargetConfig = field(default_factory=TargetConfig)  # the labeled target set (default: the world's)
     info_level: Literal["full", "minimal"] = "full"  # minimal: no per-image lists, gains or k-NN
+    # numpy BLAS threads of the whole process, set when an env is built (0 = leave as is). The latent
+    # fidelity's products are tiny: on a busy machine waking BLAS worker threads costs more than them.
+    blas_threads: int = 0
     mask_queried: bool = False  # action_masks() forbids concepts already queried
     knn_k: list[int] = field(default_factory=lambda: [20, 10, 200])
     knn_t: float = 0.07
@@ -116,6 +119,10 @@ class InternetExplorerEnv(gym.Env):
     def __init__(self, config: EnvConfig | dict | None = None, store_dir: str | None = None, **overrides: Any) -> None:
         self.config = make_config(config, **overrides)
         cfg = self.config
+        if cfg.blas_threads > 0:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=cfg.blas_threads, user_api="blas")
         self.vocabulary = load_vocabulary(cfg.world.vocabulary)
         self.concept_embeddings = concept_embeddings(self.vocabulary)
         self.world = EmbeddedWorld(cfg.world, self.vocabulary, self.concept_embeddings)

@@ -23,6 +23,7 @@ ENV_IDS: dict[str, dict[str, Any]] = {
         "actions": {"embed_dim": 32, "summary": True},
         "info_level": "minimal",
         "evaluate": False,
+        "blas_threads": 1,
     },
     # The same, with targets from held-out themes that no training target uses.
     "InternetExplorerLatentRLHeldout-v0": {
@@ -32,6 +33,7 @@ ENV_IDS: dict[str, dict[str, Any]] = {
         "actions": {"embed_dim": 32, "summary": True},
         "info_level": "minimal",
         "evaluate": False,
+        "blas_threads": 1,
     },
 }
 

@@ -110,3 +110,32 @@ def test_default_target_is_the_embedded_world():
     images, labels, _ = env.world.target_split("train")
     assert np.array_equal(env.train_images, images) and np.array_equal(env.train_labels, labels)
     assert env.target_class_names == env.world.target_names
+
+
+class _FakeTorchvision:
+    """Stands in for a torchvision dataset: PIL images, ``targets``, ``classes``; item 3 is unreadable."""
+
+    classes = ["daisy", "rose"]
+
+    def __init__(self, n: int) -> None:
+        self.targets = [i % 2 for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        if i == 3:
+            raise OSError("truncated file")
+        return Image.new("RGB", (48, 36), (10 * i, 200 * self.targets[i], 0)), self.targets[i]
+
+
+def test_torchvision_target_decodes_caps_and_counts(monkeypatch):
+    import ie_env.targets as targets
+
+    monkeypatch.setattr(targets, "_torchvision_split", lambda cfg, train: _FakeTorchvision(12 if train else 6))
+    ts = load_target(TargetConfig(kind="torchvision", name="flowers102", root="x", max_per_class=4), 32)
+    assert ts.class_names == ["daisy", "rose"]
+    assert np.bincount(ts.train_labels).tolist() == [4, 3]  # item 3 (a rose) unreadable: skipped
+    assert np.bincount(ts.test_labels).tolist() == [3, 2]
+    assert ts.skipped == 2 and ts.train_images.shape == (7, 32, 32, 3)
+    assert ts.train_images[1, 16, 16, 1] == 200  # label 1 is green

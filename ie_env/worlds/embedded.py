@@ -35,7 +35,7 @@ class WorldConfig:
     vocabulary: str = "embedded"  # "embedded" (shipped list) or "wordnet"
     seed: int = 0
     latent_dim: int = 16
-    alignment: float = 0.8  # text-visual alignment a in [0, 1]
+    alignment: float = 0.95  # text-visual alignment a in [0, 1]
     image_noise: float = 0.5  # per-image latent noise, in units of the between-concept std
     relevance_radius: float = 1.6  # rho of the ground-truth relevance kernel (latent units)
     fidelity: Literal["latent", "pixels"] = "pixels"
