@@ -58,3 +58,13 @@ def make_agent(name: str, **config: Any) -> Agent:
     if cls is None:
         raise ValueError(f"unknown agent {name!r}; registered: {', '.join(agent_names())}")
     return cls(**config)
+
+
+def _sb3(rest: str, **cfg):
+    """``sb3:PATH``: a trained Stable-Baselines3 model run through the agent interface."""
+    from agents.sb3_agent import SB3Agent
+
+    return SB3Agent(rest, **cfg)
+
+
+PREFIX_HANDLERS.setdefault("sb3", _sb3)

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--pixels-steps", type=int, default=48, help="0 skips the pixels fidelity")
+    p.add_argument("--pixels-steps", type=int, default=0, help="steps of InternetExplorer-v0 (SSL in the loop; minutes a reset on a CPU); 0 skips")
     args = p.parse_args(argv)
     lean = {"info_level": "minimal", "evaluate": False, "blas_threads": 1}
     rows: dict[str, dict] = {}
