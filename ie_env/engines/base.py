@@ -125,7 +125,8 @@ class SearchEngine(abc.ABC):
     # Engines that talk HTTP fill this with the (credential-free) requests of the last search,
     # per thread, so a recorder can keep them beside the answer.
     def last_trace(self) -> list[dict[str, Any]]:
-        return []
+        http = getattr(self, "http", None)
+        return http.trace() if http is not None else []
 
     def secrets(self) -> list[str]:
         """Credential values this engine holds (scrubbed from anything recorded)."""

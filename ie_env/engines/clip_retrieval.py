@@ -73,9 +73,6 @@ class ClipRetrievalEngine(SearchEngine):
         self.stats = {"searches": 0, "non_json": 0}
         self._lock = threading.Lock()
 
-    def last_trace(self) -> list[dict[str, Any]]:
-        return self.http.trace()
-
     def search(self, query: str, n: int) -> list[SearchHit]:
         self.check_args(query, n)
         self.http.start_trace()

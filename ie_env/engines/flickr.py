@@ -88,9 +88,6 @@ class FlickrEngine(SearchEngine):
         key = self._api_key or os.environ.get(self.config.api_key_env, "")
         return [key] if key else []
 
-    def last_trace(self) -> list[dict[str, Any]]:
-        return self.http.trace()
-
     def search(self, query: str, n: int) -> list[SearchHit]:
         self.check_args(query, n)
         self.http.start_trace()

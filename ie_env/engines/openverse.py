@@ -119,9 +119,6 @@ class OpenverseEngine(SearchEngine):
                 self.http.secrets = self.secrets()
             return self._token
 
-    def last_trace(self) -> list[dict[str, Any]]:
-        return self.http.trace()
-
     # ---------------------------------------------------------------- search
     def search(self, query: str, n: int) -> list[SearchHit]:
         self.check_args(query, n)

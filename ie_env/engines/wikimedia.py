@@ -56,9 +56,6 @@ class WikimediaEngine(SearchEngine):
         self.http = JsonHttpClient(self.name, timeout=self.config.timeout,
                                    retries=self.config.retries, proxy=self.config.proxy)
 
-    def last_trace(self) -> list[dict[str, Any]]:
-        return self.http.trace()
-
     def search(self, query: str, n: int) -> list[SearchHit]:
         self.check_args(query, n)
         self.http.start_trace()
