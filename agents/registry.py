@@ -68,3 +68,14 @@ def _sb3(rest: str, **cfg):
 
 
 PREFIX_HANDLERS.setdefault("sb3", _sb3)
+
+
+def _slate_random(rest: str, **cfg):
+    """``slate_random:PATH``: a uniformly random slot of the slate that the model at PATH is shown
+    (the proposal's own value, DESIGN §7)."""
+    from agents.sb3_agent import SlateRandomAgent, read_model_meta
+
+    return SlateRandomAgent(read_model_meta(rest), **cfg)
+
+
+PREFIX_HANDLERS.setdefault("slate_random", _slate_random)

@@ -144,12 +144,17 @@ def parse_agents(items: list[str]) -> list[AgentSpec]:
 
 
 def agent_config_for(spec: AgentSpec, cfg: Any, settings: CompareSettings) -> dict[str, Any]:
-    """Per-agent kwargs: ``compare.agent_configs[label]`` (or ``[name]``), else the base config's
-    ``agent_config`` when the base config's ``agent`` is this agent, else none."""
+    """Per-agent kwargs: the base config's (``agent_defaults[name]``, then ``agent_config`` when the
+    base config's ``agent`` is this agent; see ``experiments.run.agent_kwargs``) updated by
+    ``compare.agent_configs[label]`` (or ``[name]``)."""
+    from experiments.run import agent_kwargs
+
+    out = agent_kwargs(cfg, spec.name)
     for key in (spec.label, spec.name):
         if key in settings.agent_configs:
-            return dict(settings.agent_configs[key])
-    return dict(cfg.agent_config) if spec.name == cfg.agent else {}
+            out.update(settings.agent_configs[key])
+            break
+    return out
 
 
 def check_agents(agents: list[AgentSpec], cfg: Any, settings: CompareSettings) -> None:

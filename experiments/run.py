@@ -2,18 +2,23 @@
 
 The run directory holds ``config.yaml`` (resolved), ``queries.jsonl`` (append-only, one line per
 query, fsynced), ``downloads/`` (every query's images, content-addressed), ``checkpoints/`` (env,
-learner, replay, agent and RNG state after every iteration), ``tb/`` (TensorBoard) and
-``summary.json``. ``--resume`` continues a killed run: from the last good checkpoint, replaying the
-logged queries of the unfinished iteration from disk (no download, no scoring), then onwards.
+learner, replay, agent and RNG state after every iteration, each with a sha256 digest), ``tb/``
+(TensorBoard) and ``summary.json`` (with ``final_weights_sha256``). ``--resume`` continues a killed
+run: from the last good checkpoint, replaying the logged queries of the unfinished iteration from
+disk (no download, no scoring), then onwards; in deterministic mode the result is bit-identical to
+an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
+import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +33,7 @@ from agents.registry import make_agent
 from ie_env.config import ConfigError, atomic_write_bytes, atomic_write_text, resolve, to_dict
 from ie_env.env import EnvConfig, InternetExplorerEnv
 from ie_env.evaluation.linear_probe import linear_probe_accuracy
+from ie_env.web_search import check_engine
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
@@ -36,11 +42,25 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 class RunConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: str = "gp"
-    agent_config: dict[str, Any] = field(default_factory=dict)
+    agent_config: dict[str, Any] = field(default_factory=dict)  # for ``agent``; wins over agent_defaults
+    agent_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # per agent name (world-tied)
     seed: int = 0
     log_images: bool = True
     keep_checkpoints: int = 2
     threads: int = 0  # torch threads; 0 = torch's default
+    task: str = ""  # a suite task id (ie_env.suite) this run evaluates: kept in summary.json and hparams
+
+
+def agent_kwargs(cfg: RunConfig, name: str) -> dict[str, Any]:
+    """The config agent ``name`` gets from ``cfg``: ``agent_defaults[name]`` updated by
+    ``agent_config`` when ``name`` is the run's agent."""
+    defaults = cfg.agent_defaults.get(name, {})
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"agent_defaults.{name} must be a mapping, got {defaults!r}")
+    out = dict(defaults)
+    if name == cfg.agent:
+        out.update(cfg.agent_config)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,28 +103,95 @@ class QueryLog:
 
 
 class Checkpoints:
-    """``iter_XXXX.pt`` files written atomically; a corrupt or truncated one is skipped."""
+    """``iter_XXXX.pt`` files written atomically, each with an ``iter_XXXX.pt.sha256`` digest.
+
+    The digest is written (atomically) before its checkpoint, so every checkpoint this class wrote is
+    verified on load; a truncated or corrupt one (torch.load reads bit-flipped tensor data silently)
+    is reported on stderr and the previous one is used. A checkpoint without a digest (older runs)
+    is accepted if it loads. ``IE_EXPLORE_KILL_AT=checkpoint_write:<iteration>`` is a test hook: the
+    process SIGKILLs itself halfway through writing that checkpoint.
+    """
 
     def __init__(self, root: Path, keep: int) -> None:
         self.root = root
         self.keep = keep
         root.mkdir(parents=True, exist_ok=True)
+        for tmp in root.glob(".iter_*"):  # temp files of writes a kill interrupted
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def digest_path(path: Path) -> Path:
+        return path.with_name(path.name + ".sha256")
 
     def save(self, iteration: int, state: dict[str, Any]) -> None:
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write_bytes(self.root / f"iter_{iteration:04d}.pt", buf.getvalue())
+        data = buf.getvalue()
+        path = self.root / f"iter_{iteration:04d}.pt"
+        atomic_write_text(self.digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
+        if os.environ.get("IE_EXPLORE_KILL_AT") == f"checkpoint_write:{iteration}":
+            _die_mid_write(path, data)
+        atomic_write_bytes(path, data)
         files = sorted(self.root.glob("iter_*.pt"))
         for old in files[: -self.keep] if self.keep > 0 else []:
             old.unlink()
+            self.digest_path(old).unlink(missing_ok=True)
 
     def load_latest(self) -> dict[str, Any] | None:
         for path in sorted(self.root.glob("iter_*.pt"), reverse=True):
             try:
-                return torch.load(path, map_location="cpu", weights_only=False)
+                data = path.read_bytes()
+                digest = self.digest_path(path)
+                if digest.exists():
+                    want = digest.read_text().strip()
+                    got = hashlib.sha256(data).hexdigest()
+                    if got != want:
+                        raise ValueError(f"sha256 {got[:12]}... does not match its digest {want[:12]}...")
+                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
             except Exception as exc:  # truncated / corrupt: fall back to the previous one
-                print(f"[ie-explore] checkpoint {path.name} is unreadable ({exc}); using the previous one", file=sys.stderr)
+                print(f"[ie-explore] warning: checkpoint {path.name} is corrupt or truncated ({exc}); "
+                      "resuming from the previous one", file=sys.stderr)
         return None
+
+
+def _die_mid_write(path: Path, data: bytes) -> None:
+    """Leave what a kill halfway through ``atomic_write_bytes(path, data)`` leaves, then SIGKILL."""
+    fd, _ = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _hash_update(h: Any, obj: Any) -> None:
+    """Feed ``obj`` (nested dicts / lists of tensors, arrays and scalars) to ``h`` in a canonical order."""
+    if isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(f"<{k}>".encode())
+            _hash_update(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"[{len(obj)}".encode())
+        for v in obj:
+            _hash_update(h, v)
+    elif isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    else:
+        h.update(repr(obj).encode())
+
+
+def weights_sha256(learner_state: dict[str, Any]) -> str:
+    """sha256 of a learner's weights: the SSL model's tensors (online and momentum encoders, heads)
+    by sorted name, or the whole state of a learner without a ``model`` entry (the latent surrogate)."""
+    h = hashlib.sha256()
+    _hash_update(h, learner_state.get("model", learner_state))
+    return h.hexdigest()
 
 
 def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
@@ -130,11 +217,12 @@ class Runner:
         self.cfg = cfg
         self.dir = Path(logdir)
         self.progress = progress
+        check_engine(cfg.env.engine)  # a missing API key or snapshot fails here, before the run dir is written
         self._prepare_dir(resume)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.env = InternetExplorerEnv(cfg.env, store_dir=str(self.dir / "downloads"))
-        self.agent = agent if agent is not None else make_agent(cfg.agent, **cfg.agent_config)
+        self.agent = agent if agent is not None else make_agent(cfg.agent, **agent_kwargs(cfg, cfg.agent))
         ctx = AgentContext.from_env(self.env, seed=cfg.seed, with_ground_truth=self.agent.needs_ground_truth)
         self.agent.setup(ctx)
         self.log = QueryLog(self.dir / "queries.jsonl")
@@ -203,7 +291,7 @@ class Runner:
         w.add_histogram("iteration/query_rewards", np.asarray(rewards), it)
         best = sorted(records, key=lambda r: -r["query_reward"])[:5]
         w.add_text("best_queries", "\n".join(f"{r['query_reward']:.4f}  {r['query']}  (g={r['true_relevance']:.2f})" for r in best), it)
-        if self.cfg.log_images and self.cfg.env.world.fidelity == "pixels" and best:
+        if self.cfg.log_images and self.cfg.env.world.fidelity == "pixels" and best and len(self.env.cache[best[0]["key"]]["images"]):
             w.add_image("best_downloads_vs_nearest_targets", self._best_grid(best[0]["key"]), it)
         w.flush()
 
@@ -232,11 +320,18 @@ class Runner:
         }
         self.ckpt.save(self.env.iteration, state)
 
+    def _setup_ground_truth(self) -> None:
+        """An agent that reads ground truth (the oracle) is set up again once the episode's target is
+        drawn: with ``targets.mode`` train / heldout, ``reset`` replaces the world's initial target."""
+        if self.agent.needs_ground_truth:
+            self.agent.setup(AgentContext.from_env(self.env, seed=self.cfg.seed, with_ground_truth=True))
+
     def _restore(self) -> tuple[np.ndarray, dict[str, Any]] | None:
         state = self.ckpt.load_latest()
         if state is None:
             return None
         self.env.load_state_dict(state["env"])
+        self._setup_ground_truth()
         self.agent.load_state_dict(state["agent"])
         self.history = state["history"]
         cov = state["coverage"]
@@ -249,6 +344,7 @@ class Runner:
         if restored is None:
             self.log.truncate_to(0)
             obs, info = env.reset(seed=cfg.seed)
+            self._setup_ground_truth()
             self._checkpoint(0)
         else:
             obs, info = restored
@@ -319,6 +415,7 @@ class Runner:
         hp = {"agent": cfg.agent, "seed": cfg.seed, "fidelity": cfg.env.world.fidelity,
               "alignment": cfg.env.world.alignment, "queries_per_iteration": cfg.env.queries_per_iteration,
               "iterations": cfg.env.iterations, "world_hash": env.world.fingerprint()}
+        hp.update({k: ("" if v is None else v) for k, v in task_record(cfg.task).items()})
         w.add_hparams(hp, metrics, run_name="hparams")
         w.close()
         return summary
@@ -360,6 +457,8 @@ class Runner:
             "random_policy_expected_relevance": float(env.world.relevance.mean()),
             "target_concepts": env.target_class_names,
             "world_hash": env.world.fingerprint(),
+            **task_record(self.cfg.task),
+            "final_weights_sha256": weights_sha256(env.learner.state_dict()),
             "seconds_this_process": seconds,
             "counters_this_process": dict(env.counters),
         }
@@ -372,6 +471,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ie-explore", description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name} shipped with the package)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. --set env.iterations=4")
+    p.add_argument("--task", default=None, help="a suite task id (ie_env.suite): its held-out evaluation config")
     p.add_argument("--agent", default=None, help="agent name (gp, random, uniform, greedy, gp_ucb, oracle, ...)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--logdir", default=None, help="run directory (default runs/<agent>-seed<seed>)")
@@ -380,8 +480,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def task_record(task_id: str) -> dict[str, Any]:
+    """``task``, ``task_version`` and ``task_world_hash`` of a suite task id (all None without one)."""
+    if not task_id:
+        return {"task": None, "task_version": None, "task_world_hash": None}
+    from ie_env import suite
+
+    return {"task": task_id, "task_version": suite.get_task(task_id).version, "task_world_hash": suite.world_hash(task_id)}
+
+
 def build_config(args: argparse.Namespace) -> RunConfig:
     overrides = list(args.overrides)
+    if getattr(args, "task", None):  # the task's held-out evaluation config, then --config and --set
+        from ie_env.config import apply_overrides, load_yaml, merge
+        from ie_env.suite import eval_config
+
+        from ie_env.suite import get_task
+
+        cfg = RunConfig(env=eval_config(args.task), task=args.task, seed=get_task(args.task).eval_seed0)
+        cfg = merge(cfg, load_yaml(args.config)) if args.config else cfg
+        extra = ([f"agent={args.agent}"] if args.agent is not None else []) + ([f"seed={args.seed}"] if args.seed is not None else [])
+        return apply_overrides(cfg, overrides + extra)
     if args.agent is not None:
         overrides.append(f"agent={args.agent}")
     if args.seed is not None:

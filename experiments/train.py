@@ -48,6 +48,7 @@ class TrainConfig:
     heldout_episodes: int = 20  # final comparison on held-out targets; 0 = off
     heldout_seed: int = 10_000  # episode seeds heldout_seed, heldout_seed + 1, ...
     compare: list[str] = field(default_factory=lambda: ["random", "slate_random"])  # + "gp"
+    agent_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # per compared agent name
     threads: int = 1
     device: str = "cpu"
 
@@ -146,8 +147,9 @@ def run_episode(agent: Agent, env: InternetExplorerEnv, seed: int) -> dict[str, 
 
 
 def compare_heldout(model_path: str | None, env_cfg: EnvConfig, agents: list[str], episodes: int, seed0: int,
-                    progress: bool = False) -> dict[str, Any]:
-    """Mean ground-truth relevance per query of each agent on the same held-out targets."""
+                    progress: bool = False, agent_defaults: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Mean ground-truth relevance per query of each agent on the same held-out targets
+    (``agent_defaults[name]``: that agent's config, e.g. the GP's tier sizes)."""
     from agents.registry import make_agent
 
     cfg = merge(heldout_config(env_cfg), {"action_mode": "vocab", "info_level": "minimal", "evaluate": False})
@@ -163,7 +165,7 @@ def compare_heldout(model_path: str | None, env_cfg: EnvConfig, agents: list[str
                 continue
             agent = SlateRandomAgent(SB3Agent(model_path).meta)
         else:
-            agent = make_agent(name)
+            agent = make_agent(name, **(agent_defaults or {}).get(name, {}))
         rows = [run_episode(agent, env, seed0 + e) for e in range(episodes)]
         g = [r["mean_true_relevance"] for r in rows]
         out["agents"][name] = {
@@ -237,7 +239,8 @@ def train(cfg: TrainConfig, logdir: str | Path, progress: bool = True) -> dict[s
     summary: dict[str, Any] = {"model": str(path), "train_seconds": seconds, "timesteps": cfg.total_timesteps,
                                "steps_per_second": cfg.total_timesteps / max(seconds, 1e-9)}
     if cfg.heldout_episodes:
-        summary["heldout"] = compare_heldout(str(path), cfg.env, cfg.compare, cfg.heldout_episodes, cfg.heldout_seed, progress)
+        summary["heldout"] = compare_heldout(str(path), cfg.env, cfg.compare, cfg.heldout_episodes, cfg.heldout_seed, progress,
+                                             cfg.agent_defaults)
     atomic_write_text(logdir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
@@ -247,6 +250,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--algo", choices=sorted(ALGO_MODES), default=None)
     p.add_argument("--action-mode", choices=["vocab", "embedding", "slate"], default=None)
     p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name})")
+    p.add_argument("--task", default=None, help="train on a suite task id (ie_env.suite): its pinned env, training themes")
     p.add_argument("--logdir", required=True)
     p.add_argument("--total-timesteps", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -265,6 +269,13 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         overrides.append(f"total_timesteps={args.total_timesteps}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
+    if getattr(args, "task", None):  # the suite task's pinned env (training split); the file's other settings
+        from ie_env.config import apply_overrides, load_yaml
+        from ie_env.suite import task_config
+
+        data = load_yaml(args.config or DEFAULT_CONFIG)
+        data.pop("env", None)
+        return apply_overrides(merge(TrainConfig(env=task_config(args.task)), data), overrides)
     return resolve(TrainConfig, args.config or DEFAULT_CONFIG, overrides)
 
 

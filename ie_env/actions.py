@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from ie_env.config import ConfigError
+from ie_env.latent_fast import fill_context
 
 __all__ = [
     "ACTION_MODES",
@@ -250,6 +251,11 @@ class ActionMode:
         """
         d, d1, H = self.d, self.d + 1, self.history_len
         t = hist.t
+        out = np.empty(self.context_dim, dtype=np.float32)
+        if fill_context(out, self.E, hist.actions, hist.rewards, t, H, hist.left):  # compiled, same numbers
+            if self.cfg.summary and t:
+                self._summary(out, hist)
+            return out
         buf = self._ctx_buf
         if hist is self._ctx_hist and t == self._ctx_t + 1 and t >= 1:
             a = hist.actions[t - 1]
@@ -271,16 +277,21 @@ class ActionMode:
                     block[:, :d] = self.E[idx]
                     block[:, d] = hist.rewards[t - n : t][::-1]
         if self.cfg.summary and t:
-            s = d1 * (1 + H)
-            rw = hist.rewards[:t]
-            b = int(rw.argmax())
-            buf[s : s + d] = self.E[hist.actions[b]]
-            buf[s + d] = rw[b]
-            buf[s + d + 1] = rw.mean()
-            buf[s + d + 2] = hist.n_distinct / max(1, hist.budget)
+            self._summary(buf, hist)
         buf[-1] = hist.left
         self._ctx_hist, self._ctx_t = hist, t
         return buf.copy()
+
+    def _summary(self, buf: np.ndarray, hist: EpisodeHistory) -> None:
+        """The summary block: best concept so far, its reward, the mean reward, the distinct share."""
+        d, t = self.d, hist.t
+        s = (d + 1) * (1 + self.history_len)
+        rw = hist.rewards[:t]
+        b = int(rw.argmax())
+        buf[s : s + d] = self.E[hist.actions[b]]
+        buf[s + d] = rw[b]
+        buf[s + d + 1] = rw.mean()
+        buf[s + d + 2] = hist.n_distinct / max(1, hist.budget)
 
     def observation(self, hist: EpisodeHistory) -> Any:
         return self.context(hist)

@@ -13,11 +13,18 @@ observation spaces; ``targets`` (:mod:`ie_env.target_sampling`) can draw a fresh
 image latents in one product and a compiled top-k (:mod:`ie_env.latent_fast`), keeps each query's
 result list in a per-world bank, and with ``info_level="minimal"`` leaves out the costly info fields
 (per-image rewards, per-query gains unless the reward needs them, k-NN after each iteration).
+
+``engine`` (:mod:`ie_env.web_search`) swaps the embedded world for a real engine (flickr, openverse,
+wikimedia, clip_retrieval, local_corpus, or replay of a recorded run): the query text goes to the
+engine, hits are fetched and decoded at the world's image size, and scoring and training are the
+pixel path's. Ground truth is unknown there: ``true_relevance`` and ``image_true_relevance`` are NaN,
+and ``info["fetch"]`` counts hits, images and failed downloads by reason.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,7 +38,7 @@ from ie_env.config import ConfigError, from_dict, merge
 from ie_env.evaluation.knn import knn_accuracies
 from ie_env.learner.base import Learner
 from ie_env.learner.ssl import SSLConfig, SSLLearner
-from ie_env.latent_fast import LatentScorer, segment_top_means, top_mean
+from ie_env.latent_fast import LatentScorer, latent_close, segment_top_means, top_mean
 from ie_env.learner.surrogate import SurrogateConfig, WhiteningSurrogate
 from ie_env.query_store import QueryStore, query_key
 from ie_env.replay import ReplayBuffer
@@ -40,7 +47,9 @@ from ie_env.target_sampling import TargetSampler, TargetSamplingConfig
 from ie_env.targets import TargetConfig, TargetSet, load_target
 from ie_env.vocab.descriptors import DescriptorConfig, NoDescriptors, make_descriptor_source
 from ie_env.vocab.text_embed import concept_embeddings
+from ie_env.web_search import EngineConfig, WebSearch, decode_stats, encode_stats
 from ie_env.worlds.embedded import NS_WEB, EmbeddedWorld, WorldConfig, load_vocabulary
+from ie_env.worlds.shared import shared_concept_embeddings
 
 
 @dataclass
@@ -67,6 +76,7 @@ class EnvConfig:
     actions: ActionConfig = field(default_factory=ActionConfig)
     targets: TargetSamplingConfig = field(default_factory=TargetSamplingConfig)
     target: TargetConfig = field(default_factory=TargetConfig)  # the labeled target set (default: the world's)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # where images come from (default: the world)
     info_level: Literal["full", "minimal"] = "full"  # minimal: no per-image lists, gains or k-NN
     # numpy BLAS threads of the whole process, set when an env is built (0 = leave as is). The latent
     # fidelity's products are tiny: on a busy machine waking BLAS worker threads costs more than them.
@@ -101,6 +111,17 @@ class EnvConfig:
                 raise ConfigError(f"target.kind={self.target.kind} needs targets.mode=fixed")
             if self.target.image_size not in (None, self.world.image_size):
                 raise ConfigError(f"target.image_size ({self.target.image_size}) must equal world.image_size ({self.world.image_size})")
+        if self.engine.name != "embedded" and (self.target.kind == "embedded" or self.world.fidelity != "pixels"):
+            raise ConfigError(f"engine.name={self.engine.name} needs world.fidelity=pixels and a target set "
+                              "(target.kind=imagefolder or torchvision): ground truth is unknown on the web")
+
+
+def _mean(values) -> float:
+    """``float(np.mean(values))`` bit for bit, without ``np.mean``'s Python-level overhead."""
+    a = np.asarray(values)
+    if a.dtype.kind != "f" or a.ndim != 1 or not len(a):
+        return float(np.mean(a))
+    return float(a.dtype.type(np.add.reduce(a) / len(a)))
 
 
 def make_config(config: EnvConfig | dict | None = None, **overrides: Any) -> EnvConfig:
@@ -124,9 +145,11 @@ class InternetExplorerEnv(gym.Env):
 
             threadpool_limits(limits=cfg.blas_threads, user_api="blas")
         self.vocabulary = load_vocabulary(cfg.world.vocabulary)
-        self.concept_embeddings = concept_embeddings(self.vocabulary)
+        self.concept_embeddings = shared_concept_embeddings(self.vocabulary)  # one read-only copy per process
         self.world = EmbeddedWorld(cfg.world, self.vocabulary, self.concept_embeddings)
         self.store = QueryStore(store_dir) if store_dir else None
+        self._web = (None if cfg.engine.name == "embedded" else
+                     WebSearch(cfg.engine, cfg.world.image_size, store_dir, leak_images=lambda: self.test_images))
         self._descriptors = make_descriptor_source(cfg.descriptors)
         self._plain_queries = isinstance(self._descriptors, NoDescriptors)
         self._latent = cfg.world.fidelity == "latent"
@@ -147,12 +170,21 @@ class InternetExplorerEnv(gym.Env):
         self._keys: dict[int, tuple[str, str, str]] = {}
         self._target_feats: torch.Tensor | None = None
         self._scorer: LatentScorer | None = None
+        self._warm_cache: tuple | None = None
         self._ready = False
 
     # --- public helpers ---------------------------------------------------------------------
     def ground_truth_relevance(self) -> np.ndarray:
         """g(c) for every concept (embedded world only; never part of an observation)."""
+        if self._web is not None:
+            raise RuntimeError(f"ground-truth relevance is unknown with engine {self.config.engine.name}; "
+                               "it exists in the embedded world only")
         return self.world.relevance.copy()
+
+    def close(self) -> None:
+        """Release the search engine, fetcher and snapshot recorder (web engines)."""
+        if self._web is not None:
+            self._web.close()
 
     def action_masks(self) -> np.ndarray:
         """Allowed actions (sb3-contrib's MaskablePPO convention); all allowed in ``embedding`` mode."""
@@ -251,9 +283,7 @@ class InternetExplorerEnv(gym.Env):
         self._init_episode()
         warm = self.config.warmup_images
         if warm > 0:
-            reps = int(np.ceil(warm / len(self.train_images)))
-            idx = np.tile(np.arange(len(self.train_images)), reps)[:warm]
-            self.learner.update(self.train_images[idx])
+            self.learner.update(self._warmup_batch(warm))
             self.counters["ssl_updates"] += 1
         self._refresh_targets()
         if self.config.evaluate and self._full_info:
@@ -263,7 +293,26 @@ class InternetExplorerEnv(gym.Env):
             info["target_theme"] = self.target_theme
         return self._observe(), info
 
+    def _warmup_batch(self, warm: int) -> np.ndarray:
+        """The target train images tiled to ``warm`` images. In the latent fidelity it is built once per
+        target set and read-only, so the surrogate computes its moments once (``batch_moments``)."""
+        train = self.train_images
+        hit = self._warm_cache if self._latent else None
+        if hit is not None and hit[0] is train and hit[1] == warm:
+            return hit[2]
+        reps = int(np.ceil(warm / len(train)))
+        batch = train[np.tile(np.arange(len(train)), reps)[:warm]]
+        if self._latent:
+            batch.setflags(write=False)
+            self._warm_cache = (train, warm, batch)
+        return batch
+
     def _refresh_targets(self) -> None:
+        if self._latent and isinstance(self.learner, WhiteningSurrogate):
+            # The target features and the scorer of this iteration, in one compiled pass.
+            self._scorer, feats = LatentScorer.for_targets(self.learner, self.train_images, self.config.k)
+            self._target_feats = torch.from_numpy(feats)
+            return
         self.target_feats = self.learner.features(self.train_images)
 
     def evaluate(self) -> dict[int, float]:
@@ -297,6 +346,8 @@ class InternetExplorerEnv(gym.Env):
         return text, descriptor, query_key(concept.name, descriptor, self.config.images_per_query)
 
     def _download(self, action: int, descriptor: str) -> dict[str, np.ndarray]:
+        if self._web is not None:
+            return self._web_download(action, descriptor)
         qk = zlib.crc32(descriptor.encode()) if descriptor else 0
         n = self.config.images_per_query
         entry = self._bank.get((action, qk, n)) if self._latent else None
@@ -310,6 +361,19 @@ class InternetExplorerEnv(gym.Env):
                 self._bank[(action, qk, n)] = entry
         self.counters["materialized_images"] += len(entry["images"])
         return entry
+
+    def _web_download(self, action: int, descriptor: str) -> dict[str, np.ndarray]:
+        """Search the configured engine for the query text and fetch its images (see ``web_search``)."""
+        lemma = self.vocabulary[action].lemma
+        res = self._web.search_images(f"{descriptor} {lemma}" if descriptor else lemma, self.config.images_per_query)
+        self.counters["materialized_images"] += len(res.images)
+        return {"images": res.images, "fetch": encode_stats(res.stats)}
+
+    def _web_info(self, entry: dict[str, np.ndarray]) -> dict[str, Any]:
+        """What a web query's info says instead of ground truth (unknown: NaN) and its fetch counts."""
+        fetch = decode_stats(entry["fetch"]) if "fetch" in entry else {}
+        return {"engine": self.config.engine.name, "fetch": fetch, "image_true_relevance": float("nan"),
+                "new_relevant_images": 0, "target_classes_hit": []}
 
     def _latent_scorer(self) -> LatentScorer:
         if self._scorer is None:
@@ -369,7 +433,11 @@ class InternetExplorerEnv(gym.Env):
             raise RuntimeError(f"resume: the images of logged query {text!r} are missing from the store")
         self.cache[key] = entry
         rewards = np.asarray(record["image_rewards"], dtype=np.float32)
-        return self._record(action, text, descriptor, key, bool(record["cached"]), rewards)
+        # The logged query reward, bit for bit: a recomputed top-mean can round differently.
+        q = record.get("query_reward")
+        q = None if q is None else float(q)
+        self._scored.setdefault(key, (rewards, q))  # a repeat later in this iteration reuses it, as in step
+        return self._record(action, text, descriptor, key, bool(record["cached"]), rewards, q)
 
     def _record(self, action, text, descriptor, key, cached, rewards, q_reward=None):
         cfg = self.config
@@ -380,7 +448,8 @@ class InternetExplorerEnv(gym.Env):
         elif q_reward is None:
             q_reward = top_mean(rewards, cfg.top_images)
         self.history.record(action, q_reward)
-        g = float(self.world.relevance[action])
+        web = self._web is not None  # on the web ground truth is unknown: NaN
+        g = float("nan") if web else float(self.world.relevance[action])
         self._pending.append(
             {"key": key, "action": action, "cached": cached, "valid": valid, "rewards": rewards, "q": q_reward}
         )
@@ -398,10 +467,10 @@ class InternetExplorerEnv(gym.Env):
         }
         if self._full_info:
             entry = self.cache[key]
-            hit_rel = self.world.relevance[entry["concepts"]]
+            hit_rel = self.world.relevance[entry["concepts"]] if not web else np.zeros(0)
             is_new = valid and not cached
             relevant = hit_rel >= 0.5
-            classes_hit = np.unique(self.world.nearest_target[entry["concepts"][relevant]]) if is_new else []
+            classes_hit = np.unique(self.world.nearest_target[entry["concepts"][relevant]]) if is_new and not web else []
             info.update(
                 {
                     "query": text,
@@ -414,6 +483,8 @@ class InternetExplorerEnv(gym.Env):
                     "target_classes_hit": [int(c) for c in classes_hit],
                 }
             )
+        if web:
+            info.update(self._web_info(self.cache[key]))
         reward = q_reward
         if len(self._pending) == cfg.queries_per_iteration:
             stats = self._close_iteration()
@@ -434,7 +505,7 @@ class InternetExplorerEnv(gym.Env):
         """Figures of the finished episode (for training callbacks): mean ground-truth relevance per
         query, the oracle's (the budget's best distinct concepts) and their ratio."""
         h = self.history
-        rel = self.world.relevance
+        rel = self.world.relevance if self._web is None else np.full(len(self.world.relevance), np.nan)
         g = float(rel[h.actions[: h.t]].mean()) if h.t else 0.0
         n = min(h.t, len(rel))
         oracle = float(np.partition(rel, len(rel) - n)[len(rel) - n :].mean()) if n else 0.0
@@ -453,6 +524,16 @@ class InternetExplorerEnv(gym.Env):
         if self._latent:  # the whitening surrogate sees only the batch's mean and covariance
             return train
         return train[self.rng.permutation(len(train))]
+
+    def _latent_close(self, fresh: np.ndarray, rewards: np.ndarray, idx: np.ndarray):
+        """:func:`ie_env.latent_fast.latent_close` where it applies (the whitening surrogate past its
+        warm-up, the embedded target set, a replay of latent vectors); else None."""
+        learner, replay = self.learner, self.replay
+        if (not isinstance(learner, WhiteningSurrogate) or learner.steps < 1 or not len(fresh) or fresh.dtype != np.float32
+                or (replay.images is not None and (replay.images.ndim != 2 or replay.images.dtype != fresh.dtype))):
+            return None
+        keep = math.ceil(len(fresh) * self.config.replay_fraction)
+        return latent_close(learner, fresh, rewards, self.train_images, replay.images, idx, keep, self.config.k)
 
     def _gains(self, before: list[float]) -> list[float]:
         cfg = self.config
@@ -476,19 +557,39 @@ class InternetExplorerEnv(gym.Env):
         n_new = sum(len(x) for x in new_images)
         stats: dict[str, Any] = {"iteration": self.iteration + 1, "new_images": n_new}
         before = [p["q"] for p in self._pending]
+        refreshed = False
         if n_new:
             fresh = np.concatenate(new_images)
-            upd = self.learner.update(self._training_batch(fresh, n_new))
+            rewards = np.concatenate([p["rewards"] for p in new])
+            if self._latent and hasattr(self.learner, "update_rows"):
+                # The batch _training_batch would build (the same draw from self.rng), never built.
+                n_mix = int(round(cfg.pcr * n_new))
+                idx = self.rng.integers(0, len(self.train_images) + len(self.replay), size=n_mix) if n_mix else np.zeros(0, np.int64)
+                fused = self._latent_close(fresh, rewards, idx)
+                if fused is not None:  # update, replay choice and next scorer in one compiled call
+                    upd, refreshed = {"loss": 0.0, "steps": 1.0}, True
+                    self._scorer, feats, top, top_rw = fused
+                    self._target_feats = torch.from_numpy(feats)
+                else:
+                    upd = self.learner.update_rows(fresh, self.train_images, self.replay.images, idx)
+            else:
+                upd = self.learner.update(self._training_batch(fresh, n_new))
             self.counters["ssl_updates"] += 1
             stats.update({f"ssl_{k}": float(v) for k, v in upd.items()})
-            stats["replay_added"] = self.replay.add_top(fresh, np.concatenate([p["rewards"] for p in new]), cfg.replay_fraction)
-        self._refresh_targets()
+            if refreshed:
+                self.replay.add_sorted(top, top_rw)
+                stats["replay_added"] = len(top)
+            else:
+                stats["replay_added"] = self.replay.add_top(fresh, rewards, cfg.replay_fraction)
+        if not refreshed:
+            self._refresh_targets()
         self._scored = {}
         if cfg.reward == "gain" or self._full_info:
             stats["gains"] = self._gains(before)
         stats["replay_size"] = len(self.replay)
-        stats["mean_query_reward"] = float(np.mean(before))
-        stats["mean_true_relevance"] = float(np.mean(self.world.relevance[[p["action"] for p in self._pending]]))
+        stats["mean_query_reward"] = _mean(before)
+        stats["mean_true_relevance"] = (_mean(self.world.relevance[[p["action"] for p in self._pending]])
+                                        if self._web is None else float("nan"))
         if cfg.evaluate and self._full_info:
             self.knn_history.append(self.evaluate())
             stats["knn_accuracy"] = self.knn_history[-1]

@@ -52,6 +52,7 @@ def _entry(**kwargs: Any):
 
 
 def register_envs() -> None:
+    """Register :data:`ENV_IDS` and the versioned task suite (:mod:`ie_env.suite`)."""
     for env_id, defaults in ENV_IDS.items():
         if env_id not in gym.registry:
             gym.register(
@@ -59,4 +60,9 @@ def register_envs() -> None:
                 entry_point="ie_env.registration:_entry",
                 kwargs={"_defaults": defaults},
                 disable_env_checker=False,
+                # pixels + SSL is not bit-exact across thread counts and devices
+                nondeterministic=defaults.get("world", {}).get("fidelity", "pixels") == "pixels",
             )
+    from ie_env.suite import register_suite
+
+    register_suite()

@@ -24,7 +24,12 @@ class ReplayBuffer:
             return 0
         keep = int(np.ceil(len(images) * fraction))
         order = np.argsort(-np.asarray(rewards), kind="stable")[:keep]
-        imgs, rw = images[order], np.asarray(rewards, dtype=np.float32)[order]
+        self.add_sorted(images[order], np.asarray(rewards, dtype=np.float32)[order])
+        return keep
+
+    def add_sorted(self, imgs: np.ndarray, rw: np.ndarray) -> int:
+        """Add rows already chosen and ordered as ``add_top`` does (best first); returns how many."""
+        keep = len(imgs)
         if self.images is None:
             self.images, self.rewards = imgs.copy(), rw.copy()
         else:

@@ -271,10 +271,37 @@ def test_shipped_compare_configs_extend_the_demo_config():
     latent, s = load_compare_config(root / "compare_latent.yaml", ["env.iterations=2"])
     assert latent.env.world.fidelity == "latent" and latent.env.iterations == 2
     assert latent.env.world == from_dict(type(demo.env.world), {**vars(demo.env.world), "fidelity": "latent"})
-    assert s.agents == ["gp", "random", "uniform", "oracle"] and s.agent_configs["oracle"] == {"top_k": 10}
+    assert s.agents == ["gp", "random", "uniform", "oracle"]
+    assert s.agent_configs["oracle"] == {"top_k": latent.env.world.num_targets}  # the oracle queries the targets
     knn, s = load_compare_config(root / "knn_ordering.yaml")
     assert knn.env.world == demo.env.world and knn.env.query_budget == demo.env.query_budget
     per_iteration = knn.env.images_per_query * knn.env.queries_per_iteration * (1 + knn.env.pcr)
     steps = knn.env.iterations * knn.env.ssl.planned_steps(int(per_iteration)) + knn.env.ssl.planned_steps(knn.env.warmup_images)
     assert knn.env.ssl.batch_size == 256 and 900 <= steps <= 1100  # DESIGN §3a's ~1000 steps x 256
     assert s.match == "gp" and s.seeds >= 3
+
+
+def test_agent_defaults_reach_their_agent_only():
+    """``agent_defaults`` (the embedded world's GP tiers) go to that agent in ie-explore and
+    ie-compare; ``agent_config`` and ``compare.agent_configs`` refine them; other agents get none."""
+    from agents.registry import make_agent
+    from experiments.compare import AgentSpec, CompareSettings, agent_config_for
+    from experiments.run import DEFAULT_CONFIG, agent_kwargs
+    from ie_env.config import ConfigError, resolve
+
+    cfg = resolve(RunConfig, DEFAULT_CONFIG, [])
+    assert agent_kwargs(cfg, "gp") == {"tier_sizes": [50, 150]}
+    assert make_agent("gp", **agent_kwargs(cfg, "gp")).config.tier_sizes == (50, 150)
+    assert make_agent("gp").config.tier_sizes == (250, 750)  # the paper's, without a config
+    assert agent_kwargs(cfg, "random") == {}
+    as_random = resolve(RunConfig, DEFAULT_CONFIG, ["agent=random"])
+    assert agent_kwargs(as_random, "random") == {} and agent_kwargs(as_random, "gp") == {"tier_sizes": [50, 150]}
+    tuned = resolve(RunConfig, DEFAULT_CONFIG, ["agent_config.smr=2.0"])
+    assert agent_kwargs(tuned, "gp") == {"tier_sizes": [50, 150], "smr": 2.0}
+    settings = CompareSettings(agent_configs={"gp": {"tier_sizes": [25, 75]}})
+    assert agent_config_for(AgentSpec("gp", "gp"), cfg, settings) == {"tier_sizes": [25, 75]}
+    assert agent_config_for(AgentSpec("rnd", "random"), cfg, settings) == {}
+    bad = resolve(RunConfig, DEFAULT_CONFIG, [])
+    bad.agent_defaults = {"gp": 3}
+    with pytest.raises(ConfigError, match="agent_defaults.gp"):
+        agent_kwargs(bad, "gp")

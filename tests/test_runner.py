@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import random
 import signal
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from experiments.run import main
+from experiments.run import Checkpoints, main, weights_sha256
 from tests.conftest import latent_config, pixel_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,60 +63,174 @@ def test_bad_input_is_refused_clearly(tmp_path, capsys):
     assert "env.k" in capsys.readouterr().err  # resume against another config is refused
 
 
-def _weights_hash(run: Path) -> str:
-    state = torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1], weights_only=False)
-    h = hashlib.sha256()
-    for k, v in sorted(state["env"]["learner"]["model"].items()):
-        h.update(k.encode())
-        h.update(v.cpu().numpy().tobytes())
-    return h.hexdigest()
+def _checkpoint_weights_hash(run: Path) -> str:
+    state = torch.load(sorted((run / "checkpoints").glob("iter_*.pt"))[-1], weights_only=False)
+    return weights_sha256(state["env"]["learner"])
 
 
 def _cmd(cfg: Path, run: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "experiments.run", "--config", str(cfg), "--agent", "gp", "--logdir", str(run), "--no-progress", *extra]
 
 
-def test_sigkill_mid_iteration_then_resume_matches_uninterrupted(tmp_path):
-    env = pixel_config(iterations=3, queries_per_iteration=4, ssl={"max_steps": 4})
-    cfg = _write_cfg(tmp_path, env)
+def _lines(log: Path) -> int:
+    return log.read_bytes().count(b"\n") if log.exists() else 0
+
+
+def _closing_iteration(run: Path, last_line: int) -> bool:
+    """True once the query after line ``last_line`` (an iteration's last) has its images stored but is
+    not logged yet: the process is scoring it and training (SSL) before it logs it."""
+    log = run / "queries.jsonl"
+    n = _lines(log)
+    if n != last_line:
+        return n > last_line
+    logged = {json.loads(line)["key"] for line in log.read_bytes().splitlines()[:n]}
+    return any(p.stem not in logged for p in (run / "downloads").glob("*/*.npz"))
+
+
+def _run_and_kill(cmd: list[str], env: dict[str, str], should_kill, timeout: float = 300.0) -> int:
+    """Run ``cmd``; SIGKILL it as soon as ``should_kill()`` holds. Returns its exit status."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if should_kill is not None and should_kill():
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        return proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+
+_PER_PROCESS = ("seconds_this_process", "counters_this_process")
+
+
+def test_repeated_sigkill_then_resume_matches_uninterrupted(tmp_path, capsys):
+    """SIGKILLed mid-iteration, during SSL training and mid-way through a checkpoint write (in a
+    seeded-random order of iterations), resumed after each kill: the same queries.jsonl, final
+    weights and figures as an uninterrupted run; then a corrupt newest checkpoint is detected and the
+    previous one used, with the same result again."""
+    iterations, qpi = 3, 3
+    env_cfg = pixel_config(iterations=iterations, queries_per_iteration=qpi, ssl={"max_steps": 3})
+    cfg = _write_cfg(tmp_path, env_cfg)
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    envvars = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(_cmd(cfg, ref), check=True, cwd=ROOT, env=envvars, capture_output=True)
+    envvars = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    envvars.pop("IE_EXPLORE_KILL_AT", None)
+    ref_proc = subprocess.Popen(_cmd(cfg, ref), cwd=ROOT, env=envvars, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    proc = subprocess.Popen(_cmd(cfg, killed), cwd=ROOT, env=envvars, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = killed / "queries.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill inside the second iteration (after its 2nd query)
-        if log.exists() and len(log.read_text().splitlines()) >= 6:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = len(log.read_text().splitlines())
-    assert 6 <= done_before < 12, "the kill must land mid-run"
+    rng = random.Random(20240607)
+    phases = ["query", "ssl", "checkpoint_write"]
+    rng.shuffle(phases)  # phases[i] lands in iteration i + 1
+    log, ckdir = killed / "queries.jsonl", killed / "checkpoints"
+    landed = []
+    for i, phase in enumerate(phases):
+        it = i + 1
+        extra = ("--resume",) if i else ()
+        start = _lines(log)
+        if phase == "checkpoint_write":  # the process kills itself halfway through writing iter_<it>.pt
+            status = _run_and_kill(_cmd(cfg, killed, *extra), {**envvars, "IE_EXPLORE_KILL_AT": f"checkpoint_write:{it}"}, None)
+            tmp = list(ckdir.glob(f".iter_{it:04d}.pt.*"))
+            assert tmp and not (ckdir / f"iter_{it:04d}.pt").exists(), "killed before the checkpoint's rename"
+        else:
+            if phase == "query":  # after a random query of the iteration, before the next one is logged
+                target = max((it - 1) * qpi + rng.randint(1, qpi - 1), start + 1)
+                status = _run_and_kill(_cmd(cfg, killed, *extra), envvars, lambda: _lines(log) >= target)
+            else:  # while the iteration's last query is scored and the encoder trained
+                last = max(it * qpi - 1, start)
+                status = _run_and_kill(_cmd(cfg, killed, *extra), envvars, lambda: _closing_iteration(killed, last))
+        assert status == -signal.SIGKILL, f"{phase} kill did not land (exit {status})"
+        n = _lines(log)
+        landed.append((phase, n, sorted(p.name for p in ckdir.glob("iter_*.pt"))))
+        assert not (killed / "summary.json").exists(), landed
+    status = _run_and_kill(_cmd(cfg, killed, "--resume"), envvars, None)
+    assert status == 0, landed
+    assert not list(ckdir.glob(".iter_*")), "stale temp files of the interrupted write are removed"
 
-    subprocess.run(_cmd(cfg, killed, "--resume"), check=True, cwd=ROOT, env=envvars, capture_output=True)
-    assert log.read_text() == (ref / "queries.jsonl").read_text()  # no line lost, none repeated
-    assert _weights_hash(killed) == _weights_hash(ref)
+    _, ref_err = ref_proc.communicate(timeout=300)
+    assert ref_proc.returncode == 0, ref_err.decode()[-2000:]
+    ref_log = (ref / "queries.jsonl").read_bytes()
+    assert log.read_bytes() == ref_log, landed  # no line lost, none repeated, same rewards
     s_ref = json.loads((ref / "summary.json").read_text())
     s_res = json.loads((killed / "summary.json").read_text())
+    assert s_res["final_weights_sha256"] == s_ref["final_weights_sha256"] == _checkpoint_weights_hash(ref)
+    assert _checkpoint_weights_hash(killed) == s_ref["final_weights_sha256"]
     assert s_res["knn_accuracy"] == s_ref["knn_accuracy"]
-    # What was logged before the kill was neither downloaded nor scored again.
-    n = env["images_per_query"]
-    lines = [json.loads(l) for l in log.read_text().splitlines()]
-    redo = [r for r in lines[done_before:] if not r["cached"]]
-    assert s_res["counters_this_process"]["materialized_images"] <= len(redo) * n
-    assert s_res["counters_this_process"]["materialized_images"] < s_ref["counters_this_process"]["materialized_images"]
+    assert {k: v for k, v in s_res.items() if k not in _PER_PROCESS} == {k: v for k, v in s_ref.items() if k not in _PER_PROCESS}
+
+    # A corrupt newest checkpoint (bytes changed inside tensor data: torch.load would read it) is
+    # detected by its digest; the run resumes from the previous one and ends the same.
+    newest = sorted(ckdir.glob("iter_*.pt"))[-1]
+    data = bytearray(newest.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])
+    newest.write_bytes(bytes(data))
+    (killed / "summary.json").unlink()
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "--agent", "gp", "--logdir", str(killed), "--resume", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest.name} is corrupt" in err and "previous one" in err
+    assert log.read_bytes() == ref_log
+    s_fix = json.loads((killed / "summary.json").read_text())
+    assert s_fix["final_weights_sha256"] == s_ref["final_weights_sha256"]
+    assert s_fix["knn_accuracy"] == s_ref["knn_accuracy"]
+    assert s_fix["counters_this_process"]["materialized_images"] == 0  # nothing downloaded again
+    assert s_fix["counters_this_process"]["ssl_updates"] <= 1  # only the last iteration trained again
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
     cfg = _write_cfg(tmp_path, latent_config())
     run = tmp_path / "run"
     assert main(["--config", str(cfg), "--agent", "random", "--logdir", str(run), "--no-progress"]) == 0
     ref = (run / "queries.jsonl").read_text()
+    ref_summary = json.loads((run / "summary.json").read_text())
     latest = sorted((run / "checkpoints").glob("*.pt"))[-1]
     latest.write_bytes(latest.read_bytes()[:100])  # truncated
     (run / "summary.json").unlink()
+    capsys.readouterr()
     assert main(["--config", str(cfg), "--agent", "random", "--logdir", str(run), "--resume", "--no-progress"]) == 0
+    assert f"checkpoint {latest.name} is corrupt or truncated" in capsys.readouterr().err
     assert (run / "queries.jsonl").read_text() == ref
-    assert json.loads((run / "summary.json").read_text())["queries"] == 12
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["queries"] == 12
+    assert summary["final_weights_sha256"] == ref_summary["final_weights_sha256"]
+
+
+def test_checkpoints_verify_digest_and_clean_interrupted_writes(tmp_path, capsys):
+    root = tmp_path / "ck"
+    ck = Checkpoints(root, keep=2)
+    for it in range(4):
+        ck.save(it, {"it": it, "w": torch.full((3,), float(it))})
+    assert sorted(p.name for p in root.iterdir()) == ["iter_0002.pt", "iter_0002.pt.sha256", "iter_0003.pt", "iter_0003.pt.sha256"]
+    assert ck.load_latest()["it"] == 3
+    # A byte changed in the tensor data of the newest: torch.load alone would not notice.
+    p3 = root / "iter_0003.pt"
+    raw = p3.read_bytes()
+    pos = raw.index(struct.pack("<3f", 3.0, 3.0, 3.0))
+    p3.write_bytes(raw[:pos] + struct.pack("<f", 4.0) + raw[pos + 4 :])
+    assert torch.load(p3, weights_only=False)["w"][0] == 4.0
+    capsys.readouterr()
+    assert ck.load_latest()["it"] == 2
+    assert "iter_0003.pt is corrupt" in capsys.readouterr().err
+    # Without a digest (a run from before digests) a readable checkpoint is accepted.
+    p3.write_bytes(raw)
+    Checkpoints.digest_path(p3).unlink()
+    assert ck.load_latest()["it"] == 3
+    # An interrupted write leaves a hidden temp file; opening the folder again removes it.
+    (root / ".iter_0004.pt.abc123").write_bytes(raw[:10])
+    Checkpoints(root, keep=2)
+    assert not list(root.glob(".iter_*"))
+    # Nothing readable: a fresh start.
+    for p in root.glob("iter_*.pt"):
+        p.write_bytes(b"junk")
+    assert ck.load_latest() is None
+
+
+def test_weights_hash_is_canonical_and_sensitive():
+    a = {"model": {"b": torch.ones(2), "a": torch.zeros(2, dtype=torch.float64), "n": torch.tensor(3)}, "optimizer": {"x": 1}}
+    b = {"model": {"n": torch.tensor(3), "a": torch.zeros(2, dtype=torch.float64), "b": torch.ones(2)}, "optimizer": {"x": 2}}
+    assert weights_sha256(a) == weights_sha256(b)  # key order and non-weight entries do not count
+    b["model"]["b"] = torch.tensor([1.0, 1.0 + 2**-23])
+    assert weights_sha256(a) != weights_sha256(b)
+    assert weights_sha256({"mean": np.zeros(2)}) != weights_sha256({"mean": np.zeros(3)})

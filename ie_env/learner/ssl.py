@@ -378,11 +378,12 @@ class SSLLearner(Learner):
         return self.model.backbone
 
     @torch.no_grad()
-    def features(self, images: np.ndarray) -> torch.Tensor:
-        """``(N, D)`` float32 CPU, L2-normalised online-backbone features (eval mode, resize/centre crop)."""
+    def features(self, images: np.ndarray | torch.Tensor, on_device: bool = False) -> torch.Tensor:
+        """``(N, D)`` float32 CPU, L2-normalised online-backbone features (eval mode, resize/centre crop);
+        ``on_device``: left on the learner's device, for scoring there (the reward's top-k on CUDA)."""
         x = to_tensor_batch(images)
         if x.shape[0] == 0:
-            return torch.zeros(0, self.feature_dim)
+            return torch.zeros(0, self.feature_dim, device=self.device if on_device else "cpu")
         bb = self.backbone
         was_training = bb.training
         bb.eval()
@@ -395,7 +396,8 @@ class SSLLearner(Learner):
                     v = v.contiguous(memory_format=torch.channels_last)
                 with self._autocast():
                     f = bb(v)
-                out.append(F.normalize(f.float(), dim=1).cpu())
+                f = F.normalize(f.float(), dim=1)
+                out.append(f if on_device else f.cpu())
         finally:
             bb.train(was_training)
         return torch.cat(out)

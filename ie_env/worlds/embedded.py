@@ -23,6 +23,7 @@ import numpy as np
 
 from ie_env.vocab.base import Vocabulary
 from ie_env.worlds.hashing import hash_normal, hash_uniform, mix64
+from ie_env.worlds import shared
 
 # Namespaces that keep web images, target-train and target-test images disjoint.
 NS_WEB, NS_TRAIN, NS_TEST, NS_JUNK = 0, 1, 2, 3
@@ -41,7 +42,7 @@ class WorldConfig:
     fidelity: Literal["latent", "pixels"] = "pixels"
     image_size: int = 32
     target_theme: str = "bird"  # "" = drawn from the seed
-    num_targets: int = 10
+    num_targets: int = 20  # ~0.8% of the embedded vocabulary is a target (DESIGN §3a; README "Calibration")
     target_train_per_class: int = 10
     target_test_per_class: int = 30
     junk_fraction: float = 0.1  # off-topic results per query
@@ -94,6 +95,15 @@ def text_to_latent_map(embeddings: np.ndarray, dim: int, seed: int) -> np.ndarra
 
 
 def _text_to_latent_map(embeddings: np.ndarray, dim: int, seed: int) -> np.ndarray:
+    # One BLAS thread: a multi-threaded SVD / product differs in the last bits with the thread count,
+    # and so would the world (its hash, every reward) between processes with different thread settings.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _latent_projection(embeddings, dim, seed)
+
+
+def _latent_projection(embeddings: np.ndarray, dim: int, seed: int) -> np.ndarray:
     x = embeddings.astype(np.float64)
     x = x - x.mean(axis=0, keepdims=True)
     # Principal directions from a deterministic subsample keep this fast on large vocabularies.
@@ -117,16 +127,22 @@ class EmbeddedWorld:
         self.vocabulary = vocabulary
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         self.seed = int(cfg.seed)
-        a = cfg.alignment
-        text_part = text_to_latent_map(self.embeddings, cfg.latent_dim, self.seed)
-        private = np.random.default_rng([self.seed, 1]).standard_normal(text_part.shape)
-        self.latents = (a * text_part + np.sqrt(1.0 - a * a) * private).astype(np.float32)
+        self._emb_key = shared.array_key(self.embeddings)
+        # Built once per process and world (ie_env.worlds.shared): every env of a vector env shares it.
+        self.latents = shared.shared("latents", (self._emb_key, cfg.latent_dim, self.seed, float(cfg.alignment)),
+                                     self._build_latents)
         self._lemma_index = {}
         for i, c in enumerate(vocabulary.concepts):
             self._lemma_index.setdefault(c.lemma.lower(), i)
         self._renderer = None
         self._neighbors: np.ndarray | None = None
         self.set_targets(self._choose_targets())
+
+    def _build_latents(self) -> np.ndarray:
+        a = self.cfg.alignment
+        text_part = text_to_latent_map(self.embeddings, self.cfg.latent_dim, self.seed)
+        private = np.random.default_rng([self.seed, 1]).standard_normal(text_part.shape)
+        return (a * text_part + np.sqrt(1.0 - a * a) * private).astype(np.float32)
 
     # --- targets and ground truth ---------------------------------------------------------
     def _choose_targets(self) -> np.ndarray:
@@ -209,18 +225,21 @@ class EmbeddedWorld:
     def neighbors(self) -> np.ndarray:
         """``(N, num_neighbors)`` nearest other concepts by text embedding."""
         if self._neighbors is None:
-            k = self.cfg.num_neighbors
-            out = np.empty((len(self.vocabulary), k), dtype=np.int64)
-            e = self.embeddings
-            for s in range(0, len(e), 4096):
-                sims = e[s : s + 4096] @ e.T
-                rows = np.arange(sims.shape[0])
-                sims[rows, s + rows] = -np.inf
-                part = np.argpartition(-sims, k, axis=1)[:, :k]
-                order = np.argsort(-np.take_along_axis(sims, part, 1), axis=1)
-                out[s : s + 4096] = np.take_along_axis(part, order, 1)
-            self._neighbors = out
+            self._neighbors = shared.shared("neighbors", (self._emb_key, self.cfg.num_neighbors), self._build_neighbors)
         return self._neighbors
+
+    def _build_neighbors(self) -> np.ndarray:
+        k = self.cfg.num_neighbors
+        out = np.empty((len(self.vocabulary), k), dtype=np.int64)
+        e = self.embeddings
+        for s in range(0, len(e), 4096):
+            sims = e[s : s + 4096] @ e.T
+            rows = np.arange(sims.shape[0])
+            sims[rows, s + rows] = -np.inf
+            part = np.argpartition(-sims, k, axis=1)[:, :k]
+            order = np.argsort(-np.take_along_axis(sims, part, 1), axis=1)
+            out[s : s + 4096] = np.take_along_axis(part, order, 1)
+        return out
 
     def resolve_query(self, text: str) -> int | None:
         """The concept a query text names: its last words matched to a lemma, else None."""
