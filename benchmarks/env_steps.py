@@ -1,7 +1,7 @@
 """Environment steps per second, per fidelity and action mode, beside a trivial no-op Gymnasium env.
 
 Prints one JSON object. The ``latent`` rows use ``InternetExplorerLatent-v0`` as shipped (50 images a
-query, 10 targets x 10 train images, k = 15, 8 x 16 queries an episode, resets included) with
+query, 20 targets x 10 train images, k = 15, 8 x 16 queries an episode, resets included) with
 ``info_level=minimal`` (no per-image reward lists, no per-query gains, no k-NN after each iteration;
 rewards are still computed from the image latents under the current surrogate) and ``blas_threads=1``
 (a process setting: numpy's BLAS in one thread, faster for these tiny products). ``latent_full_info``

@@ -9,14 +9,22 @@ number, the top-``k`` mean is taken on raw values and scaled once. The selection
 kernel when numba is installed and in numpy otherwise; both compute the same numbers (to float32
 rounding) as :func:`ie_env.reward.image_rewards` on :meth:`WhiteningSurrogate.features`.
 
-The compiled kernel: one BLAS product ``[x - mu, 1] [M; offset]`` (the offset row folds in the
-constant feature coordinate), then per image an exact threshold search for its ``k``-th largest
+The compiled scoring kernel: one BLAS product ``[x - mu, 1] [M; offset]`` (the offset row folds in
+the constant feature coordinate), then per image an exact threshold search for its ``k``-th largest
 similarity. Every similarity lies in ``[-|g| B, |g| B]`` (``g`` the image's feature before
 normalisation, ``B`` the largest target-feature norm); a vectorised pass counts the similarities
-above a trial threshold ``tau``, and ``tau`` moves (a secant on the counts, started from the previous
-image's normalised threshold) until exactly ``k`` lie above it. Those ``k`` are then exactly the top
-``k`` and their sum is the numerator of the reward. Ties at the ``k``-th value (no such ``tau``)
-fall back to an insertion top-``k`` of that row, so the result is exact in every case.
+above a trial threshold ``tau``, and ``tau`` moves (a secant on the counts, first guessed from the
+previous image's normalised threshold and feature norm) until exactly ``k`` lie above it. Those ``k``
+are then exactly the top ``k`` and their sum is the numerator of the reward. Ties at the ``k``-th
+value (no such ``tau``) fall back to an insertion top-``k`` of that row: exact in every case.
+
+The rest of the latent step path is compiled too, each piece doing the numpy computation it replaces
+(the tests compare them): the whitening surrogate's update from the moments of a batch gathered from
+new finds, target train and replay images (never concatenated; the map ``(C + s I)^{-1/2}`` by the same
+LAPACK ``eigh``, bit for bit), the target features and scorer matrix of an iteration, the replay's
+choice of the best new rows, all in one call per SSL iteration (:func:`latent_close`), and the action
+modes' observation (:func:`fill_context`). Without numba (``IE_ENV_NO_NUMBA=1`` or not installed,
+decided at import) every function here runs its numpy equivalent.
 """
 
 from __future__ import annotations
@@ -235,7 +243,7 @@ if HAVE_NUMBA:
         return True
 
     @njit(cache=True, nogil=True)
-    def _close_kernel(gram, total, fresh, rewards, a, keep, m2, mean, count, shrinkage, bias, F, Maug):  # pragma: no cover
+    def _close_kernel(gram, total, n, fresh, rewards, a, keep, m2, mean, count, shrinkage, bias, F, Maug):  # pragma: no cover
         # One latent SSL iteration after the Gram matrix `gram` and row sum `total` of the training
         # batch (_rows_kernel, then numpy's BLAS): the surrogate's update (as _update_rows_kernel),
         # the target features and scorer matrix of the updated surrogate (_targets_kernel on the
@@ -246,10 +254,7 @@ if HAVE_NUMBA:
             if rewards[i] != rewards[i]:
                 ok = False
         d = fresh.shape[1]
-        nf = float(fresh.shape[0]) + 0.0
-        n = total.shape[0] * 0.0 + nf  # placeholder, replaced below
-        n = float(count * 0.0) + float(rows_of(gram, total, fresh))  # noqa
-        bmean = total / n
+        bmean = total / n  # moments_from_sums
         c = np.empty((d, d))
         for i in range(d):
             for j in range(d):
@@ -472,9 +477,16 @@ def latent_close(learner, fresh: np.ndarray, rewards: np.ndarray, targets: np.nd
     t = len(a)
     feats = np.empty((t, din + 1 if bias else din), f32)
     Maug = np.empty((din + 1, t + din + 1), f32)
-    out = _compiled("close", _close_kernel, np.ascontiguousarray(fresh, f32), np.ascontiguousarray(rewards, f32), a, b,
-                    np.ascontiguousarray(idx, np.int64), int(keep), np.ascontiguousarray(learner.m2, f64),
-                    np.ascontiguousarray(learner.mean, f64), float(learner.count), float(learner.cfg.shrinkage), bias, feats, Maug)
+    fresh = np.ascontiguousarray(fresh, f32)
+    idx = np.ascontiguousarray(idx, np.int64)
+    x = np.empty((len(fresh) + len(idx), fresh.shape[1]), f64)
+    total = np.zeros(fresh.shape[1])
+    if _compiled("rows", _rows_kernel, fresh, a, b, idx, x, total) is None:
+        return None
+    gram = x.T @ x  # numpy's BLAS: faster than the one numba links for this shape
+    out = _compiled("close", _close_kernel, gram, total, float(len(x)), fresh, np.ascontiguousarray(rewards, f32), a, int(keep),
+                    np.ascontiguousarray(learner.m2, f64), np.ascontiguousarray(learner.mean, f64), float(learner.count),
+                    float(learner.cfg.shrinkage), bias, feats, Maug)
     if out is None or not out[0]:
         return None
     _, m2, mean, count, W, W32, mu32, fb, top, top_rw = out

@@ -54,7 +54,7 @@ _REFITS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 def _eigh(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.linalg.eigh(cov)`` (LAPACK ``dsyevd`` on the lower triangle), called without numpy's wrapper
-    when scipy's LAPACK is there: the wrapper costs more than the 17 x 17 problem."""
+    when scipy's LAPACK is there (no numba): the wrapper costs more than the 16 x 16 problem."""
     if _dsyevd is not None:
         vals, vecs, info = _dsyevd(cov, compute_v=1, lower=1)
         if info == 0:
