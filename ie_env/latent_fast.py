@@ -350,28 +350,7 @@ if HAVE_NUMBA:
         m = min(top_images, n)
         if m <= 0:
             return 0.0
-        best = np.empty(m, np.float32)
-        for q in range(m):
-            v = out[q]
-            p = q
-            while p > 0 and best[p - 1] < v:
-                best[p] = best[p - 1]
-                p -= 1
-            best[p] = v
-        lo2 = best[m - 1]
-        for q in range(m, n):
-            v = out[q]
-            if v > lo2:
-                p = m - 1
-                while p > 0 and best[p - 1] < v:
-                    best[p] = best[p - 1]
-                    p -= 1
-                best[p] = v
-                lo2 = best[m - 1]
-        acc = np.float32(0.0)
-        for a in range(m):
-            acc += best[a]
-        return acc / np.float32(m)
+        return _insertion_top_sum(out, n, m, np.empty(m, np.float32)) / np.float32(m)
 
 
 def _score(x: np.ndarray, sc: "LatentScorer", top_images: int) -> tuple[np.ndarray, float]:
