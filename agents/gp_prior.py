@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -378,7 +379,10 @@ class GPPrior:
     def set_vocabulary(self, X_all: np.ndarray) -> None:
         """Attach the whole input set (e.g. all concept embeddings) for ``predict_all``."""
         X = _as_2d_float(X_all, "X_all")
-        self._vocab = torch.from_numpy(np.ascontiguousarray(X, dtype=self.config.dtype))
+        X = np.ascontiguousarray(X, dtype=self.config.dtype)
+        with warnings.catch_warnings():  # a shared read-only vocabulary: only ever read here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self._vocab = torch.from_numpy(X)
         self._vocab_sq = (self._vocab * self._vocab).sum(1)
         self._store = _ColumnStore(self._vocab, self._vocab_sq)
         self._fixed_inducing = {}
