@@ -125,6 +125,9 @@ class GPSamplerConfig:
     label_set_guided: bool = False
     label_set_fraction: float = 0.1
     class_name_query_prob: float = 0.5
+    # When the env re-scores the episode's queries under its updated encoder (env.rescore_history),
+    # fit the GP on those rewards instead of the ones observed under earlier encoders.
+    use_rescored: bool = True
 
     def validate(self) -> None:
         if not (math.isfinite(self.smr) and self.smr > 0):
@@ -219,6 +222,16 @@ class GPBatchAgent(Agent):
             self.rewards.append(r)
         if info.get("iteration_closed"):
             self.closed = True
+            rescored = (info.get("iteration_stats") or {}).get("rescored_rewards")
+            if rescored is not None and self.config.use_rescored:
+                self._take_rescored(rescored)
+
+    def _take_rescored(self, rescored: dict[str, list]) -> None:
+        """Replace the observed rewards by the env's re-scored ones (same queries, current encoder)."""
+        acts = np.asarray(rescored["actions"], dtype=np.int64)
+        rws = np.asarray(rescored["rewards"], dtype=np.float64)
+        ok = np.isfinite(rws) & (acts >= 0) & (acts < self._ctx.num_actions)
+        self.actions, self.rewards = acts[ok].tolist(), rws[ok].tolist()
 
     def _new_batch(self) -> None:
         M = int(self._ctx.queries_per_iteration)

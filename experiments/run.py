@@ -268,7 +268,7 @@ class Runner:
         rel = [r["true_relevance"] for r in records]
         self.history["mean_reward"].append(float(np.mean(rewards)))
         self.history["mean_true_relevance"].append(float(np.mean(rel)))
-        slim = {k: v for k, v in stats.items() if k != "gains"}
+        slim = {k: v for k, v in stats.items() if k not in ("gains", "rescored_rewards")}  # per-query lists
         slim["mean_gain"] = float(np.mean(stats["gains"]))
         slim["distinct_relevant_concepts"] = len(self.coverage["relevant_concepts"])
         slim["new_relevant_images"] = self.coverage["new_relevant_images"]

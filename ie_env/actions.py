@@ -296,6 +296,12 @@ class ActionMode:
     def observation(self, hist: EpisodeHistory) -> Any:
         return self.context(hist)
 
+    @property
+    def plain_context(self) -> bool:
+        """The observation is the context alone, without the summary block (what the latent fidelity's
+        compiled step writes: :func:`ie_env.latent_fast.latent_step`)."""
+        return type(self).observation is ActionMode.observation and not self.cfg.summary
+
     def to_concept(self, action: Any, hist: EpisodeHistory) -> int:
         raise NotImplementedError
 

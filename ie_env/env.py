@@ -38,7 +38,7 @@ from ie_env.config import ConfigError, from_dict, merge
 from ie_env.evaluation.knn import knn_accuracies
 from ie_env.learner.base import Learner
 from ie_env.learner.ssl import SSLConfig, SSLLearner
-from ie_env.latent_fast import LatentScorer, latent_close, segment_top_means, top_mean
+from ie_env.latent_fast import LatentScorer, latent_close, latent_step, segment_top_means, top_mean
 from ie_env.learner.surrogate import SurrogateConfig, WhiteningSurrogate
 from ie_env.query_store import QueryStore, query_key
 from ie_env.replay import ReplayBuffer
@@ -85,6 +85,10 @@ class EnvConfig:
     knn_k: list[int] = field(default_factory=lambda: [20, 10, 200])
     knn_t: float = 0.07
     evaluate: bool = True  # k-NN on the target test split after every iteration
+    # Not in the paper: at each iteration close, score every earlier query of the episode again under
+    # the updated encoder (info["iteration_stats"]["rescored_rewards"]), so that a sampler can refit on
+    # rewards from one encoder instead of a mix of stale ones (the GP sampler does when they are there).
+    rescore_history: bool = False
 
     @property
     def query_budget(self) -> int:
@@ -172,6 +176,11 @@ class InternetExplorerEnv(gym.Env):
         self._scorer: LatentScorer | None = None
         self._warm_cache: tuple | None = None
         self._ready = False
+        self._budget = cfg.query_budget
+        self._top_images = cfg.top_images
+        # The lean step (``_lean_step``): latent, embedded world, plain queries, minimal info.
+        self._lean = self._latent and self._web is None and self._plain_queries and not self._full_info
+        self._names = [c.name for c in self.vocabulary]
 
     # --- public helpers ---------------------------------------------------------------------
     def ground_truth_relevance(self) -> np.ndarray:
@@ -201,6 +210,8 @@ class InternetExplorerEnv(gym.Env):
 
     @property
     def target_feats(self) -> torch.Tensor:
+        if isinstance(self._target_feats, np.ndarray):  # the latent close keeps them as numpy
+            self._target_feats = torch.from_numpy(self._target_feats)
         return self._target_feats
 
     @target_feats.setter
@@ -273,6 +284,7 @@ class InternetExplorerEnv(gym.Env):
         self.steps = 0
         self.iteration = 0
         self._pending: list[dict[str, Any]] = []
+        self._episode_keys: list[str] = []  # each step's query key, in order
         self.knn_history: list[dict[int, float]] = []
         self.last_iteration: dict[str, Any] = {}
         self._ready = True
@@ -310,8 +322,7 @@ class InternetExplorerEnv(gym.Env):
     def _refresh_targets(self) -> None:
         if self._latent and isinstance(self.learner, WhiteningSurrogate):
             # The target features and the scorer of this iteration, in one compiled pass.
-            self._scorer, feats = LatentScorer.for_targets(self.learner, self.train_images, self.config.k)
-            self._target_feats = torch.from_numpy(feats)
+            self._scorer, self._target_feats = LatentScorer.for_targets(self.learner, self.train_images, self.config.k)
             return
         self.target_feats = self.learner.features(self.train_images)
 
@@ -399,8 +410,10 @@ class InternetExplorerEnv(gym.Env):
         if not self._ready:
             raise RuntimeError("call reset() before step()")
         concept = self.action_mode.to_concept(action, self.history)
-        if self.steps >= self.config.query_budget:
+        if self.steps >= self._budget:
             raise RuntimeError("the query budget is spent; call reset()")
+        if self._lean and self.store is None:
+            return self._lean_step(concept)
         text, descriptor, key = self._query(concept)
         entry = self.cache.get(key)
         cached = entry is not None
@@ -417,6 +430,50 @@ class InternetExplorerEnv(gym.Env):
             self.counters["scored_images"] += len(scored[0])
             self._scored[key] = scored  # same images, same encoder: same rewards until the update
         return self._record(concept, text, descriptor, key, cached, scored[0], scored[1])
+
+    def _lean_step(self, concept: int):
+        """:meth:`step` of the latent fidelity with plain queries, the embedded world and no store: the
+        same images, rewards and info, with the key lookup, bank, scorer and record inlined."""
+        cfg = self.config
+        hit = self._keys.get(concept)
+        key = (hit if hit is not None else self._query(concept))[2]
+        entry = self.cache.get(key)
+        cached = entry is not None
+        if not cached:
+            entry = self.cache[key] = self._download(concept, "")
+        scored = self._scored.get(key)
+        obs = None
+        if scored is None:
+            images = entry["images"]
+            mode = self.action_mode
+            if mode.plain_context:  # score, record and next observation in one compiled call
+                obs = np.empty(mode.context_dim, np.float32)
+                scored = latent_step(self._latent_scorer(), images, self._top_images, cfg.min_images, concept,
+                                     self.history, obs, mode.E, mode.history_len)
+            if scored is None:
+                obs = None
+                scored = self._latent_scorer().score(images, self._top_images)
+            self._scored[key] = scored
+            self.counters["scored_images"] += len(images)
+        rewards, q = scored
+        valid = len(rewards) >= cfg.min_images
+        if not valid:
+            q = 0.0
+        if obs is None:
+            self.history.record(concept, q)
+        pend = self._pending
+        pend.append({"key": key, "action": concept, "cached": cached, "valid": valid, "rewards": rewards, "q": q})
+        self._episode_keys.append(key)
+        self.steps += 1
+        info: dict[str, Any] = {
+            "action": concept, "concept": self._names[concept], "query_reward": q,
+            "true_relevance": float(self.world.relevance[concept]), "hits": len(rewards),
+            "new_images": 0 if cached or not valid else len(rewards), "cached": cached,
+            "iteration": self.iteration, "iteration_closed": False,
+        }
+        if obs is not None:
+            self._last_obs = obs
+        return self._finish_step(info, q, observed=obs is not None)
 
     def restore_step(self, record: dict[str, Any]):
         """Re-apply a logged query (from ``queries.jsonl``) without downloading or scoring again.
@@ -450,6 +507,7 @@ class InternetExplorerEnv(gym.Env):
         self.history.record(action, q_reward)
         web = self._web is not None  # on the web ground truth is unknown: NaN
         g = float("nan") if web else float(self.world.relevance[action])
+        self._episode_keys.append(key)
         self._pending.append(
             {"key": key, "action": action, "cached": cached, "valid": valid, "rewards": rewards, "q": q_reward}
         )
@@ -485,6 +543,12 @@ class InternetExplorerEnv(gym.Env):
             )
         if web:
             info.update(self._web_info(self.cache[key]))
+        return self._finish_step(info, q_reward)
+
+    def _finish_step(self, info: dict[str, Any], q_reward: float, observed: bool = False):
+        """Close the iteration when it is full, then the step's return (reward per ``config.reward``);
+        ``observed``: the next observation is already in ``_last_obs``."""
+        cfg = self.config
         reward = q_reward
         if len(self._pending) == cfg.queries_per_iteration:
             stats = self._close_iteration()
@@ -496,10 +560,10 @@ class InternetExplorerEnv(gym.Env):
                 reward = float(np.sum(stats["gains"]))
         elif cfg.reward == "gain":
             reward = 0.0
-        truncated = self.steps >= cfg.query_budget
+        truncated = self.steps >= self._budget
         if truncated:
             info["ie_episode"] = self._episode_summary()
-        return self._observe(), float(reward), False, truncated, info
+        return (self._last_obs if observed else self._observe()), float(reward), False, truncated, info
 
     def _episode_summary(self) -> dict[str, float]:
         """Figures of the finished episode (for training callbacks): mean ground-truth relevance per
@@ -550,6 +614,28 @@ class InternetExplorerEnv(gym.Env):
                 q_after.append(query_reward(after, cfg.top_images))
         return [qa - b if p["valid"] else 0.0 for p, b, qa in zip(pend, before, q_after)]
 
+    def _rescore_history(self) -> dict[str, list] | None:
+        """Every query of the episode so far scored again under the current encoder: ``actions`` and
+        ``rewards`` in step order (a repeated query appears once per step; fewer than ``min_images``
+        images: 0.0, as when it was made)."""
+        cfg = self.config
+        h = self.history
+        if len(self._episode_keys) != h.t:  # a state from before keys were kept: nothing to re-score
+            return None
+        keys = list(dict.fromkeys(self._episode_keys))
+        imgs = [self.cache[k]["images"] for k in keys]
+        q: dict[str, float] = {}
+        valid = [k for k, x in zip(keys, imgs) if len(x) >= cfg.min_images]
+        if valid:
+            batch = [self.cache[k]["images"] for k in valid]
+            if self._latent:
+                sc = self._latent_scorer()
+                q.update((k, sc.score(x, cfg.top_images)[1]) for k, x in zip(valid, batch))
+            else:
+                rw = self._score(np.concatenate(batch))
+                q.update(zip(valid, segment_top_means(rw, [len(x) for x in batch], cfg.top_images)))
+        return {"actions": [int(a) for a in h.actions[: h.t]], "rewards": [q.get(k, 0.0) for k in self._episode_keys]}
+
     def _close_iteration(self) -> dict[str, Any]:
         cfg = self.config
         new = [p for p in self._pending if not p["cached"] and p["valid"]]
@@ -568,8 +654,7 @@ class InternetExplorerEnv(gym.Env):
                 fused = self._latent_close(fresh, rewards, idx)
                 if fused is not None:  # update, replay choice and next scorer in one compiled call
                     upd, refreshed = {"loss": 0.0, "steps": 1.0}, True
-                    self._scorer, feats, top, top_rw = fused
-                    self._target_feats = torch.from_numpy(feats)
+                    self._scorer, self._target_feats, top, top_rw = fused
                 else:
                     upd = self.learner.update_rows(fresh, self.train_images, self.replay.images, idx)
             else:
@@ -586,6 +671,8 @@ class InternetExplorerEnv(gym.Env):
         self._scored = {}
         if cfg.reward == "gain" or self._full_info:
             stats["gains"] = self._gains(before)
+        if cfg.rescore_history:
+            stats["rescored_rewards"] = self._rescore_history()
         stats["replay_size"] = len(self.replay)
         stats["mean_query_reward"] = _mean(before)
         stats["mean_true_relevance"] = (_mean(self.world.relevance[[p["action"] for p in self._pending]])
@@ -611,7 +698,7 @@ class InternetExplorerEnv(gym.Env):
             "learner": self.learner.state_dict(),
             "replay": self.replay.state_dict(),
             "cache_keys": list(self.cache),
-            "cache": None if self.store is not None else self.cache,
+            "cache": None if self.store is not None else dict(self.cache),  # a copy: no aliasing
             "history": self.history.state_dict(),
             "action_mode": {
                 "rng": mode.rng.bit_generator.state,
@@ -620,6 +707,7 @@ class InternetExplorerEnv(gym.Env):
             },
             "target_ids": self.world.target_ids.copy(),
             "steps": self.steps,
+            "episode_keys": list(self._episode_keys),
             "iteration": self.iteration,
             "knn_history": self.knn_history,
             "counters": dict(self.counters),
@@ -636,7 +724,7 @@ class InternetExplorerEnv(gym.Env):
         self.learner.load_state_dict(state["learner"])
         self.replay.load_state_dict(state["replay"])
         if state["cache"] is not None:
-            self.cache = state["cache"]
+            self.cache = dict(state["cache"])
         else:
             self.cache = {}
             for k in state["cache_keys"]:
@@ -649,6 +737,7 @@ class InternetExplorerEnv(gym.Env):
         if mode_state.get("rng") is not None:
             self.action_mode.rng.bit_generator.state = mode_state["rng"]
         self.steps, self.iteration = state["steps"], state["iteration"]
+        self._episode_keys = list(state.get("episode_keys", []))
         self.knn_history = state["knn_history"]
         self._pending = []
         self._refresh_targets()

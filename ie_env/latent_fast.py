@@ -33,7 +33,7 @@ import os
 
 import numpy as np
 
-__all__ = ["LatentScorer", "HAVE_NUMBA", "top_mean", "segment_top_means", "stack_rows", "latent_close"]
+__all__ = ["LatentScorer", "HAVE_NUMBA", "top_mean", "segment_top_means", "stack_rows", "latent_close", "latent_step"]
 
 
 def _numpy_topk_rows(z: np.ndarray, t: int, k: int) -> np.ndarray:
@@ -129,20 +129,45 @@ if HAVE_NUMBA:
 
     @njit(cache=True, nogil=True)
     def _whiten_kernel(m2, count, shrinkage, mean):  # pragma: no cover - compiled
-        # W = (vecs / sqrt(max(vals, 1e-8))) @ vecs.T of (1 - s) m2 / max(count - 1, 1) + s I, in the
-        # operation order of WhiteningSurrogate._refit (no fastmath: no contraction into FMA).
+        # The whitening map of cov = (1 - s) m2 / max(count - 1, 1) + s I as WhiteningSurrogate._refit
+        # computes it: W = L^-T from the Cholesky factor cov = L L^T (so W W^T = cov^-1), by rows in
+        # plain loops; eigh's (vecs / sqrt(max(vals, 1e-8))) @ vecs.T when cov is not positive definite.
         d = m2.shape[0]
         denom = max(count - 1.0, 1.0)
         cov = np.empty((d, d))
         for i in range(d):
             for j in range(d):
                 cov[i, j] = (1.0 - shrinkage) * (m2[i, j] / denom) + shrinkage * (1.0 if i == j else 0.0)
-        vals, vecs = np.linalg.eigh(cov)
-        scaled = np.empty((d, d))
-        for i in range(d):
-            for a in range(d):
-                scaled[i, a] = vecs[i, a] / np.sqrt(max(vals[a], 1e-8))
-        W = np.dot(scaled, np.ascontiguousarray(vecs.T))
+        L = np.zeros((d, d))
+        pd = True
+        for j in range(d):
+            s = cov[j, j]
+            for q in range(j):
+                s -= L[j, q] * L[j, q]
+            if not s > 1e-12:
+                pd = False
+                break
+            L[j, j] = np.sqrt(s)
+            for i in range(j + 1, d):
+                s = cov[i, j]
+                for q in range(j):
+                    s -= L[i, q] * L[j, q]
+                L[i, j] = s / L[j, j]
+        W = np.zeros((d, d))
+        if pd:  # W = (L^-1)^T: forward substitution column by column of L^-1, stored transposed
+            for c in range(d):
+                for i in range(c, d):
+                    s = 1.0 if i == c else 0.0
+                    for q in range(c, i):
+                        s -= L[i, q] * W[c, q]
+                    W[c, i] = s / L[i, i]
+        else:
+            vals, vecs = np.linalg.eigh(cov)
+            scaled = np.empty((d, d))
+            for i in range(d):
+                for a in range(d):
+                    scaled[i, a] = vecs[i, a] / np.sqrt(max(vals[a], 1e-8))
+            W = np.dot(scaled, np.ascontiguousarray(vecs.T))
         W32 = np.empty((d, d), np.float32)
         for i in range(d):
             for j in range(d):
@@ -243,12 +268,36 @@ if HAVE_NUMBA:
         return True
 
     @njit(cache=True, nogil=True)
-    def _close_kernel(gram, total, n, fresh, rewards, a, keep, m2, mean, count, shrinkage, bias, F, Maug):  # pragma: no cover
+    def _stable_descending(values):  # pragma: no cover - compiled
+        # np.argsort(-values, kind="stable") for float32 values without NaN: one sort of unique int64
+        # keys (an order-preserving map of -value's bits, then the index), cheaper than a mergesort.
+        n = values.shape[0]
+        if n >= 1 << 24:
+            return np.argsort(-values, kind="mergesort")
+        neg = np.empty(n, np.float32)
+        for i in range(n):
+            neg[i] = -values[i] + np.float32(0.0)  # -0.0 -> 0.0: equal values, equal keys
+        bits = neg.view(np.int32)
+        keys = np.empty(n, np.int64)
+        for i in range(n):
+            b = np.int64(bits[i])
+            b = (~b) & 0xFFFFFFFF if b < 0 else b | 0x80000000
+            keys[i] = (b << 24) | i
+        keys.sort()
+        order = np.empty(n, np.int64)
+        for i in range(n):
+            order[i] = keys[i] & 0xFFFFFF
+        return order
+
+    @njit(cache=True, nogil=True)
+    def _close_kernel(gram, total, n, fresh, rewards, a, keep, m2, mean, count, shrinkage, bias, F, Maug,
+                      m2_out, mean_out, W_out, W32_out, mu32_out, top, top_rw):  # pragma: no cover - compiled
         # One latent SSL iteration after the Gram matrix `gram` and row sum `total` of the training
-        # batch (_rows_kernel, then numpy's BLAS): the surrogate's update (as _update_rows_kernel),
-        # the target features and scorer matrix of the updated surrogate (_targets_kernel on the
-        # target train images `a`), and the `keep` best new rows in the replay's order (a stable
-        # argsort of -rewards). ok is False for a NaN reward (numpy orders NaN differently).
+        # batch: the surrogate's update (as _update_rows_kernel) into m2_out, mean_out, W_out, W32_out,
+        # mu32_out; the target features F and scorer matrix Maug of the updated surrogate (_targets_kernel
+        # on the target train images `a`); and the `keep` best new rows and rewards in the replay's order
+        # (a stable argsort of -rewards) into top, top_rw. Outputs are the caller's arrays (nothing to box).
+        # Returns (ok, count, fb); ok is False for a NaN reward (numpy orders NaN differently).
         ok = True
         for i in range(rewards.shape[0]):
             if rewards[i] != rewards[i]:
@@ -260,19 +309,19 @@ if HAVE_NUMBA:
             for j in range(d):
                 c[i, j] = gram[i, j] - n * (bmean[i] * bmean[j])
         new_m2, new_mean, new_count, W, W32, mu32 = _update_kernel(m2, mean, count, n, bmean, c, shrinkage)
+        m2_out[:] = new_m2
+        mean_out[:] = new_mean
+        W_out[:] = W
+        W32_out[:] = W32
+        mu32_out[:] = mu32
         fb = _targets_kernel(a, mu32, W32, bias, F, Maug)
-        neg = np.empty(rewards.shape[0], np.float32)
-        for i in range(rewards.shape[0]):
-            neg[i] = -rewards[i]
-        order = np.argsort(neg, kind="mergesort")
-        top = np.empty((keep, d), np.float32)
-        top_rw = np.empty(keep, np.float32)
+        order = _stable_descending(rewards)
         for r in range(keep):
             j = order[r]
             for u in range(d):
                 top[r, u] = fresh[j, u]
             top_rw[r] = rewards[j]
-        return ok, new_m2, new_mean, new_count, W, W32, mu32, fb, top, top_rw
+        return ok, new_count, fb
 
     @njit(cache=True, nogil=True, fastmath=_FM)
     def _score_kernel(x, mu, Maug, t, k, fbound, state, top_images, out):  # pragma: no cover - compiled
@@ -351,6 +400,21 @@ if HAVE_NUMBA:
         if m <= 0:
             return 0.0
         return _insertion_top_sum(out, n, m, np.empty(m, np.float32)) / np.float32(m)
+
+    @njit(cache=True, nogil=True)
+    def _step_kernel(x, mu, Maug, t, k, fbound, state, top_images, out, min_images, concept, actions, rewards,
+                     last_reward, pos, ctx, E, H, left):  # pragma: no cover - compiled
+        # One latent query in one call: its image rewards and query reward (_score_kernel; 0 when fewer
+        # than min_images), the history's record at `pos` (EpisodeHistory.record's arrays) and the next
+        # observation's context (_context_kernel).
+        q = _score_kernel(x, mu, Maug, t, k, fbound, state, top_images, out)
+        if x.shape[0] < min_images:
+            q = np.float32(0.0)
+        actions[pos] = concept
+        rewards[pos] = q
+        last_reward[concept] = q
+        _context_kernel(ctx, E, actions, rewards, pos + 1, H, left)
+        return q
 
 
 def _score(x: np.ndarray, sc: "LatentScorer", top_images: int) -> tuple[np.ndarray, float]:
@@ -439,6 +503,29 @@ def _first_context(out, E, actions, rewards, t, H, left) -> bool:
     return done
 
 
+def latent_step(sc: "LatentScorer", x: np.ndarray, top_images: int, min_images: int, concept: int, hist, ctx: np.ndarray,
+                E: np.ndarray, H: int):
+    """Score one query's image latents ``x`` with ``sc``, record it in the episode history ``hist``
+    (:class:`~ie_env.actions.EpisodeHistory`) and write the next observation's context into ``ctx``, in
+    one compiled call: what ``LatentScorer.score`` + ``EpisodeHistory.record`` + ``fill_context`` do.
+    Returns ``(image_rewards, query_reward)``, or None (nothing done) when the compiled path is not
+    available or ``x`` is not float32 rows."""
+    pos = hist.t
+    if _kernel_state <= 0 or x.dtype != np.float32 or pos >= hist.budget or "step" in _FAILED:
+        return None
+    out = np.empty(x.shape[0], np.float32)
+    left = 1.0 - (pos + 1) / hist.budget
+    q = _compiled("step", _step_kernel, x, sc.mu, sc.Maug, sc.t, sc.k, sc.fbound, sc._state, top_images, out, min_images,
+                  concept, hist.actions, hist.rewards, hist.last_reward, pos, ctx, E, H, left)
+    if q is None:
+        return None
+    hist.t = pos + 1
+    if not hist.queried[concept]:
+        hist.queried[concept] = True
+        hist.n_distinct += 1
+    return out, float(q)
+
+
 def latent_close(learner, fresh: np.ndarray, rewards: np.ndarray, targets: np.ndarray, replay: np.ndarray | None,
                  idx: np.ndarray, keep: int, k: int):
     """The latent fidelity's SSL iteration in one compiled call (see ``_close_kernel``), for a
@@ -449,31 +536,33 @@ def latent_close(learner, fresh: np.ndarray, rewards: np.ndarray, targets: np.nd
     if not HAVE_NUMBA or _kernel_state < 0 or "close" in _FAILED:
         return None
     f32, f64 = np.float32, np.float64
-    a = np.ascontiguousarray(targets, f32)
+    a = targets if targets.dtype == f32 and targets.flags.c_contiguous else np.ascontiguousarray(targets, f32)
     b = a[:0] if replay is None or len(replay) == 0 else np.ascontiguousarray(replay, f32)
     bias = f32(getattr(learner, "bias", 0.0))
     din = learner.dim
     t = len(a)
-    feats = np.empty((t, din + 1 if bias else din), f32)
-    Maug = np.empty((din + 1, t + din + 1), f32)
     fresh = np.ascontiguousarray(fresh, f32)
     idx = np.ascontiguousarray(idx, np.int64)
-    x = np.empty((len(fresh) + len(idx), fresh.shape[1]), f64)
-    total = np.zeros(fresh.shape[1])
+    x = np.empty((len(fresh) + len(idx), din), f64)
+    total = np.zeros(din)
     if _compiled("rows", _rows_kernel, fresh, a, b, idx, x, total) is None:
         return None
     gram = x.T @ x  # numpy's BLAS: faster than the one numba links for this shape
-    out = _compiled("close", _close_kernel, gram, total, float(len(x)), fresh, np.ascontiguousarray(rewards, f32), a, int(keep),
-                    np.ascontiguousarray(learner.m2, f64), np.ascontiguousarray(learner.mean, f64), float(learner.count),
-                    float(learner.cfg.shrinkage), bias, feats, Maug)
+    feats = np.empty((t, din + 1 if bias else din), f32)
+    Maug = np.empty((din + 1, t + din + 1), f32)
+    m2, mean, W = np.empty((din, din)), np.empty(din), np.empty((din, din))
+    W32, mu32 = np.empty((din, din), f32), np.empty(din, f32)
+    top, top_rw = np.empty((keep, din), f32), np.empty(keep, f32)
+    out = _compiled("close", _close_kernel, gram, total, float(len(x)), fresh,
+                    np.ascontiguousarray(rewards, f32), a, int(keep), learner.m2, learner.mean, float(learner.count),
+                    float(learner.cfg.shrinkage), bias, feats, Maug, m2, mean, W, W32, mu32, top, top_rw)
     if out is None or not out[0]:
         return None
-    _, m2, mean, count, W, W32, mu32, fb, top, top_rw = out
-    learner._apply(m2, mean, count, W, W32, mu32)
+    learner._apply(m2, mean, out[1], W, W32, mu32)
     sc = LatentScorer.__new__(LatentScorer)
     sc.t, sc.k, sc.mu = t, int(k), mu32
     sc.Maug, sc.M, sc.offset = Maug, Maug[:din], Maug[din]
-    sc.fbound = f32(fb) if t else f32(0.0)
+    sc.fbound = f32(out[2]) if t else f32(0.0)
     sc._state = _search_state(t)
     return sc, feats, top, top_rw
 

@@ -32,6 +32,8 @@ class ReplayBuffer:
         keep = len(imgs)
         if self.images is None:
             self.images, self.rewards = imgs.copy(), rw.copy()
+        elif not self.capacity and self.images.ndim == 2 and imgs.ndim == 2 and imgs.dtype == self.images.dtype:
+            self._append_rows(imgs, rw)
         else:
             self.images = np.concatenate([self.images, imgs])
             self.rewards = np.concatenate([self.rewards, rw])
@@ -39,6 +41,19 @@ class ReplayBuffer:
             best = np.sort(np.argsort(-self.rewards, kind="stable")[: self.capacity])
             self.images, self.rewards = self.images[best], self.rewards[best]
         return keep
+
+    def _append_rows(self, imgs: np.ndarray, rw: np.ndarray) -> None:
+        """Append rows (vectors, as the latent fidelity's) into storage that grows by doubling:
+        ``images`` and ``rewards`` stay contiguous views, and an append copies only the new rows."""
+        n, m = len(self.images), len(imgs)
+        buf = getattr(self, "_buf", None)
+        if buf is None or self.images.base is not buf[0] or len(buf[0]) < n + m:
+            cap = max(2 * (n + m), 64)
+            grown = (np.empty((cap, self.images.shape[1]), self.images.dtype), np.empty(cap, np.float32))
+            grown[0][:n], grown[1][:n] = self.images, self.rewards
+            buf = self._buf = grown
+        buf[0][n : n + m], buf[1][n : n + m] = imgs, rw
+        self.images, self.rewards = buf[0][: n + m], buf[1][: n + m]
 
     def state_dict(self) -> dict[str, Any]:
         return {"capacity": self.capacity, "images": self.images, "rewards": self.rewards}

@@ -109,8 +109,9 @@ def test_running_moments_match_np_cov_of_everything_seen():
     np.testing.assert_allclose(learner.mean, mx * n / (prior + n), rtol=0, atol=1e-9)
     np.testing.assert_allclose(learner.m2, m2, rtol=1e-9, atol=1e-9 * np.abs(m2).max())
     cov = 0.9 * m2 / (learner.count - 1.0) + 0.1 * np.eye(d)
-    vals, vecs = np.linalg.eigh(cov)
-    np.testing.assert_allclose(learner.W, (vecs / np.sqrt(vals)) @ vecs.T, atol=1e-9)
+    # a whitening map of everything seen: W W^T = cov^-1, so (x - mu) W has identity covariance
+    np.testing.assert_allclose(learner.W @ learner.W.T, np.linalg.inv(cov), atol=1e-9)
+    np.testing.assert_allclose(learner.W.T @ cov @ learner.W, np.eye(d), atol=1e-9)
 
 
 @pytest.mark.parametrize("numba", [True, False])
@@ -136,15 +137,27 @@ def test_gathered_update_equals_the_concatenated_batch(numba, monkeypatch):
 
 
 @needs_numba
-def test_compiled_map_is_numpys_bit_for_bit():
+@pytest.mark.parametrize("shrinkage", [0.1, 0.0])
+def test_compiled_map_is_numpys(shrinkage):
+    """The compiled map is the numpy one (Cholesky ``L^-T``; eigh's ZCA map when the covariance is
+    singular, which only an unshrunk estimate can be) to rounding, and whitens."""
+    from ie_env.learner.surrogate import whitening_map
+
     rng = np.random.default_rng(4)
-    for _ in range(20):
+    for trial in range(20):
         x = rng.standard_normal((300, 16)) * rng.uniform(0.2, 3, 16) + rng.uniform(-2, 2, 16)
+        if shrinkage == 0.0 and trial % 2:
+            x[:, 5] = x[:, 3]  # a rank-deficient covariance
         m2, mean = (x - x.mean(0)).T @ (x - x.mean(0)), x.mean(0)
-        cov = 0.9 * (m2 / 363.0) + 0.1 * np.eye(16)
-        vals, vecs = np.linalg.eigh(cov)
-        W, W32, mu32 = lf.whitening(m2, 364.0, 0.1, mean)
-        assert np.array_equal(W, (vecs / np.sqrt(np.maximum(vals, 1e-8))) @ vecs.T)
+        cov = (1 - shrinkage) * (m2 / 363.0) + shrinkage * np.eye(16)
+        W, W32, mu32 = lf.whitening(m2, 364.0, shrinkage, mean)
+        np.testing.assert_allclose(W, whitening_map(cov), rtol=1e-9, atol=1e-9 * np.abs(W).max())
+        if shrinkage == 0.0 and trial % 2:
+            vals, vecs = np.linalg.eigh(cov)
+            np.testing.assert_allclose(W, (vecs / np.sqrt(np.maximum(vals, 1e-8))) @ vecs.T, rtol=1e-6, atol=1e-6)
+        else:
+            assert np.allclose(np.triu(W), W)  # L^-T is upper triangular
+            np.testing.assert_allclose(W.T @ cov @ W, np.eye(16), atol=1e-9)
         assert np.array_equal(W32, W.astype(np.float32)) and np.array_equal(mu32, mean.astype(np.float32))
 
 
@@ -237,3 +250,35 @@ def test_without_numba_the_env_runs_on_numpy_and_gives_the_same_rewards(tmp_path
     env.reset(seed=11)
     here = np.array([env.step(a)[1] for a in [3, 50, 700, 3, 9, 1200, 44, 45]])
     np.testing.assert_allclose(no_numba, here, atol=2e-6)
+
+
+@needs_numba
+def test_stable_descending_order_is_numpys_stable_argsort():
+    rng = np.random.default_rng(8)
+    for n in (0, 1, 7, 800, 3000):
+        v = rng.standard_normal(n).astype(np.float32)
+        if n > 10:
+            v[: n // 3] = v[n // 3 : 2 * (n // 3)]  # many ties
+            v[:4] = [0.0, -0.0, 0.0, -0.0]  # signed zeros are equal
+            v[5] = np.inf
+            v[6] = -np.inf
+        assert np.array_equal(lf._stable_descending(v), np.argsort(-v, kind="stable"))
+
+
+def test_replay_appends_rows_in_place_like_concatenation():
+    from ie_env.replay import ReplayBuffer
+
+    rng = np.random.default_rng(9)
+    grown, ref = ReplayBuffer(), ReplayBuffer()
+    held = []
+    for it in range(12):
+        imgs = rng.standard_normal((37 + it, 16)).astype(np.float32)
+        rw = -np.sort(-rng.random(len(imgs)).astype(np.float32))
+        grown.add_sorted(imgs, rw)
+        ref.images = imgs.copy() if ref.images is None else np.concatenate([ref.images, imgs])
+        ref.rewards = np.concatenate([ref.rewards, rw])
+        held.append((grown.images, grown.images.copy()))  # a view handed out earlier...
+        assert np.array_equal(grown.images, ref.images) and np.array_equal(grown.rewards, ref.rewards)
+        assert grown.images.flags.c_contiguous and len(grown) == len(ref.images)
+    for view, snapshot in held:  # ...never changes afterwards
+        assert np.array_equal(view, snapshot)

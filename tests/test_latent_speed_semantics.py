@@ -65,20 +65,35 @@ def test_env_rewards_are_the_reference_computation_on_its_own_state():
             assert r == pytest.approx(query_reward(ref, env.config.top_images), abs=2e-6)
 
 
-def test_minimal_info_changes_nothing_but_the_info():
-    actions = [3, 40, 3, 900, 41, 42, 7, 8, 100, 101, 5, 6]
-    full = InternetExplorerEnv(latent_config(reward="gain"))
-    lean = InternetExplorerEnv(latent_config(reward="gain", info_level="minimal"))
-    of, _ = full.reset(seed=9)
-    ol, _ = lean.reset(seed=9)
-    assert np.array_equal(of, ol)
-    for a in actions:
-        of, rf, _, tf, inf_f = full.step(a)
-        ol, rl, _, tl, inf_l = lean.step(a)
-        assert np.array_equal(of, ol) and rf == rl and tf == tl
-        assert inf_f["query_reward"] == inf_l["query_reward"]
-        assert inf_f["true_relevance"] == inf_l["true_relevance"]
-        assert "image_rewards" in inf_f and "image_rewards" not in inf_l
+@pytest.mark.parametrize("reward,min_images,mode", [("gain", 10, "vocab"), ("query", 10, "vocab"), ("query", 30, "vocab"),
+                                                    ("query", 10, "embedding")])
+def test_minimal_info_changes_nothing_but_the_info(reward, min_images, mode):
+    """``info_level=minimal`` takes the lean step (score, record and observation in one compiled call);
+    everything but the info's extra fields is the general path's, bit for bit: repeats within an
+    iteration, queries with too few images (``min_images`` 30 > 20 images), iteration closes, episodes."""
+    actions = [3, 40, 3, 900, 41, 42, 7, 8, 100, 101, 5, 6, 3, 3, 77, 78]
+    over = {"reward": reward, "min_images": min_images, "action_mode": mode, "iterations": 2}
+    full = InternetExplorerEnv(latent_config(**over))
+    lean = InternetExplorerEnv(latent_config(**over, info_level="minimal"))
+    emb = full.action_mode.E
+    for seed in (9, 10):
+        of, _ = full.reset(seed=seed)
+        ol, _ = lean.reset(seed=seed)
+        assert np.array_equal(of, ol)
+        for a in actions[: full.config.query_budget]:
+            act = a if mode == "vocab" else emb[a] / np.abs(emb[a]).max()
+            of, rf, _, tf, inf_f = full.step(act)
+            ol, rl, _, tl, inf_l = lean.step(act)
+            assert np.array_equal(of, ol) and rf == rl and tf == tl
+            for key in ("action", "concept", "query_reward", "true_relevance", "hits", "new_images", "cached",
+                        "iteration", "iteration_closed"):
+                assert inf_f[key] == inf_l[key], key
+            assert "image_rewards" in inf_f and "image_rewards" not in inf_l
+            if min_images > 20:
+                assert rl == 0.0 and inf_l["new_images"] == 0
+        assert np.array_equal(full.history.rewards, lean.history.rewards)
+        assert np.array_equal(full.history.last_reward, lean.history.last_reward)
+        assert full.history.n_distinct == lean.history.n_distinct
     assert full.knn_history and not lean.knn_history
     assert np.array_equal(full.learner.W, lean.learner.W)
 

@@ -1,10 +1,13 @@
 """Latent fidelity's learner: a whitening map refit to everything trained on so far.
 
 DESIGN §7: in the ``latent`` fidelity image features are the world's image latents seen through a
-cheap surrogate encoder. Here it is ZCA whitening of the running mean and covariance of every latent
-the learner has been updated on (replay, target and new finds), shrunk towards the identity. As
-training data accrue the map changes, so rewards drift as they do under SSL and the ``gain`` reward
-(change of a query's target similarity across an update) is defined.
+cheap surrogate encoder. Here it is whitening by the running mean and covariance ``C`` of every
+latent the learner has been updated on (replay, target and new finds), shrunk towards the identity:
+``W = L^-T`` of the Cholesky factor ``C = L L^T``. Similarities between features depend on
+``W W^T = C^-1`` only, so every reward is the one ZCA whitening ``C^-1/2`` would give (to rounding);
+the triangular map costs a 16 x 16 Cholesky instead of an eigendecomposition. As training data accrue
+the map changes, so rewards drift as they do under SSL and the ``gain`` reward (change of a query's
+target similarity across an update) is defined.
 
 An update needs only the batch's size, mean and centred second moment (:func:`batch_moments`), so
 the environment hands over those (:meth:`WhiteningSurrogate.update_moments`, :func:`moments_from_sums`),
@@ -68,6 +71,21 @@ except ImportError:  # pragma: no cover - scipy is a dependency
     _dsyevd = None
 
 
+def whitening_map(cov: np.ndarray) -> np.ndarray:
+    """``W`` with ``W W^T = cov^-1``: ``L^-T`` of the Cholesky factor ``cov = L L^T``, or
+    ``(vecs / sqrt(max(vals, 1e-8))) @ vecs.T`` from ``eigh`` when ``cov`` is not positive definite.
+    Features ``(x - mu) W`` then have identity covariance, and their inner products (all a reward
+    uses) are those of any other whitening of ``cov``."""
+    try:
+        L = np.linalg.cholesky(cov)
+        if np.all(np.diag(L) > 1e-6):
+            return np.linalg.inv(L).T
+    except np.linalg.LinAlgError:
+        pass
+    vals, vecs = _eigh(cov)
+    return (vecs / np.sqrt(np.maximum(vals, 1e-8))) @ vecs.T
+
+
 def moments_from_sums(n: float, total: np.ndarray, outer: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """``(n, mean, C)`` from ``n``, the sum of the rows and the sum of their outer products."""
     mean = total / n
@@ -85,7 +103,7 @@ class SurrogateConfig:
 
 
 class WhiteningSurrogate(Learner):
-    """``features(x) = normalize([W (x - mu), bias])`` with ``W = (C + s I)^{-1/2}`` of the data seen."""
+    """``features(x) = normalize([(x - mu) W, bias])`` with ``W W^T = ((1 - s) C + s I)^-1`` of the data seen."""
 
     def __init__(self, dim: int, cfg: SurrogateConfig | None = None) -> None:
         self.cfg = cfg or SurrogateConfig()
@@ -105,10 +123,8 @@ class WhiteningSurrogate(Learner):
         if hit is None:
             hit = whitening(self.m2, self.count, self.cfg.shrinkage, self.mean)  # compiled, same numbers
         if hit is None:
-            cov = self.m2 / max(self.count - 1.0, 1.0)
-            cov = (1 - self.cfg.shrinkage) * cov + self.cfg.shrinkage * np.eye(self.dim)
-            vals, vecs = _eigh(cov)
-            W = (vecs / np.sqrt(np.maximum(vals, 1e-8))) @ vecs.T
+            W = whitening_map((1 - self.cfg.shrinkage) * (self.m2 / max(self.count - 1.0, 1.0))
+                              + self.cfg.shrinkage * np.eye(self.dim))
             hit = (W, W.astype(np.float32), self.mean.astype(np.float32))
         if key is not None and key not in _REFITS:
             for a in hit:  # shared by every learner in this state: never written
