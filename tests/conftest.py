@@ -52,3 +52,16 @@ def small_latent():
 @pytest.fixture
 def small_pixels():
     return pixel_config()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sb3_logs_in_the_test_tmpdir(tmp_path_factory):
+    """SB3 writes a log folder for every model trained without a log dir (``$SB3_LOGDIR``, else a new
+    ``SB3-<time>`` folder in the system temp dir): keep them in pytest's temp folder."""
+    old = os.environ.get("SB3_LOGDIR")
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3_logs"))
+    yield
+    if old is None:
+        os.environ.pop("SB3_LOGDIR", None)
+    else:
+        os.environ["SB3_LOGDIR"] = old
