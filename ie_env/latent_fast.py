@@ -20,11 +20,13 @@ value (no such ``tau``) fall back to an insertion top-``k`` of that row: exact i
 
 The rest of the latent step path is compiled too, each piece doing the numpy computation it replaces
 (the tests compare them): the whitening surrogate's update from the moments of a batch gathered from
-new finds, target train and replay images (never concatenated; the map ``(C + s I)^{-1/2}`` by the same
-LAPACK ``eigh``, bit for bit), the target features and scorer matrix of an iteration, the replay's
-choice of the best new rows, all in one call per SSL iteration (:func:`latent_close`), and the action
-modes' observation (:func:`fill_context`). Without numba (``IE_ENV_NO_NUMBA=1`` or not installed,
-decided at import) every function here runs its numpy equivalent.
+new finds, target train and replay images (never concatenated; the map ``L^-T`` of the Cholesky factor
+of ``(1 - s) C + s I``, to rounding numpy's), the target features and scorer matrix of an iteration,
+the replay's choice of the best new rows, all in one call per SSL iteration (:func:`latent_close`);
+the action modes' observation (:func:`fill_context`); and a whole query with a context-only
+observation (score, history record, next observation) in one call (:func:`latent_step`). Without
+numba (``IE_ENV_NO_NUMBA=1`` or not installed, decided at import) every function here runs its numpy
+equivalent.
 """
 
 from __future__ import annotations
