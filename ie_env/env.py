@@ -120,6 +120,9 @@ class EnvConfig:
                               "(target.kind=imagefolder or torchvision): ground truth is unknown on the web")
 
 
+RESCORE_QUERIES_PER_BATCH = 64  # rescore_history with pixels: queries whose images share a forward batch
+
+
 def _mean(values) -> float:
     """``float(np.mean(values))`` bit for bit, without ``np.mean``'s Python-level overhead."""
     a = np.asarray(values)
@@ -617,7 +620,8 @@ class InternetExplorerEnv(gym.Env):
     def _rescore_history(self) -> dict[str, list] | None:
         """Every query of the episode so far scored again under the current encoder: ``actions`` and
         ``rewards`` in step order (a repeated query appears once per step; fewer than ``min_images``
-        images: 0.0, as when it was made)."""
+        images: 0.0, as when it was made). With pixels this is a forward pass over every image found
+        so far: after i iterations i x queries x images per query (25,600 an iteration in the paper)."""
         cfg = self.config
         h = self.history
         if len(self._episode_keys) != h.t:  # a state from before keys were kept: nothing to re-score
@@ -626,14 +630,16 @@ class InternetExplorerEnv(gym.Env):
         imgs = [self.cache[k]["images"] for k in keys]
         q: dict[str, float] = {}
         valid = [k for k, x in zip(keys, imgs) if len(x) >= cfg.min_images]
-        if valid:
-            batch = [self.cache[k]["images"] for k in valid]
-            if self._latent:
-                sc = self._latent_scorer()
-                q.update((k, sc.score(x, cfg.top_images)[1]) for k, x in zip(valid, batch))
-            else:
+        if self._latent:
+            sc = self._latent_scorer()
+            q.update((k, sc.score(self.cache[k]["images"], cfg.top_images)[1]) for k in valid)
+        else:
+            step = RESCORE_QUERIES_PER_BATCH
+            for start in range(0, len(valid), step):
+                keys_b = valid[start : start + step]
+                batch = [self.cache[k]["images"] for k in keys_b]
                 rw = self._score(np.concatenate(batch))
-                q.update(zip(valid, segment_top_means(rw, [len(x) for x in batch], cfg.top_images)))
+                q.update(zip(keys_b, segment_top_means(rw, [len(x) for x in batch], cfg.top_images)))
         return {"actions": [int(a) for a in h.actions[: h.t]], "rewards": [q.get(k, 0.0) for k in self._episode_keys]}
 
     def _close_iteration(self) -> dict[str, Any]:

@@ -56,7 +56,10 @@ def test_too_few_images_rescore_to_zero_and_default_off():
     assert "rescored_rewards" not in info["iteration_stats"]
 
 
-def test_pixels_rescored_rewards_are_the_current_encoders():
+def test_pixels_rescored_rewards_are_the_current_encoders(monkeypatch):
+    import ie_env.env as env_module
+
+    monkeypatch.setattr(env_module, "RESCORE_QUERIES_PER_BATCH", 2)  # several forward batches
     env = InternetExplorerEnv(pixel_config(rescore_history=True, evaluate=False))
     env.reset(seed=1)
     keys = []
