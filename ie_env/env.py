@@ -184,6 +184,7 @@ class InternetExplorerEnv(gym.Env):
         # The lean step (``_lean_step``): latent, embedded world, plain queries, minimal info.
         self._lean = self._latent and self._web is None and self._plain_queries and not self._full_info
         self._names = [c.name for c in self.vocabulary]
+        self._plain_ctx = self.action_mode.plain_context
 
     # --- public helpers ---------------------------------------------------------------------
     def ground_truth_relevance(self) -> np.ndarray:
@@ -288,6 +289,7 @@ class InternetExplorerEnv(gym.Env):
         self.iteration = 0
         self._pending: list[dict[str, Any]] = []
         self._episode_keys: list[str] = []  # each step's query key, in order
+        self._start_fresh()
         self.knn_history: list[dict[int, float]] = []
         self.last_iteration: dict[str, Any] = {}
         self._ready = True
@@ -436,36 +438,52 @@ class InternetExplorerEnv(gym.Env):
 
     def _lean_step(self, concept: int):
         """:meth:`step` of the latent fidelity with plain queries, the embedded world and no store: the
-        same images, rewards and info, with the key lookup, bank, scorer and record inlined."""
+        same images, rewards and info, with the key lookup, bank, scorer and record inlined, and the
+        iteration's new finds written into one buffer as they come (no concatenation at the close)."""
         cfg = self.config
         hit = self._keys.get(concept)
         key = (hit if hit is not None else self._query(concept))[2]
-        entry = self.cache.get(key)
+        cache = self.cache
+        entry = cache.get(key)
         cached = entry is not None
         if not cached:
-            entry = self.cache[key] = self._download(concept, "")
+            entry = cache[key] = self._download(concept, "")
         scored = self._scored.get(key)
-        obs = None
+        observed = False
         if scored is None:
             images = entry["images"]
-            mode = self.action_mode
-            if mode.plain_context:  # score, record and next observation in one compiled call
-                obs = np.empty(mode.context_dim, np.float32)
+            n = len(images)
+            fresh = None
+            if not cached:
+                nf = self._n_fresh
+                if nf + n <= len(self._fresh_x) and images.shape[1:] == self._fresh_x.shape[1:]:
+                    fresh = (self._fresh_x, self._fresh_r, nf)
+                else:
+                    self._fresh_ok = False
+            if self._plain_ctx:  # score, record, next observation and new finds in one compiled call
+                obs = np.empty(self.obs_dim, np.float32)
+                mode = self.action_mode
                 scored = latent_step(self._latent_scorer(), images, self._top_images, cfg.min_images, concept,
-                                     self.history, obs, mode.E, mode.history_len)
+                                     self.history, obs, mode.E, mode.history_len, fresh)
+                if scored is not None:
+                    self._last_obs = obs
+                    observed = True
             if scored is None:
-                obs = None
                 scored = self._latent_scorer().score(images, self._top_images)
+                if fresh is not None and n >= cfg.min_images:
+                    self._fresh_x[fresh[2] : fresh[2] + n] = images
+                    self._fresh_r[fresh[2] : fresh[2] + n] = scored[0]
+            if fresh is not None and n >= cfg.min_images:
+                self._n_fresh += n
             self._scored[key] = scored
-            self.counters["scored_images"] += len(images)
+            self.counters["scored_images"] += n
         rewards, q = scored
         valid = len(rewards) >= cfg.min_images
         if not valid:
             q = 0.0
-        if obs is None:
+        if not observed:
             self.history.record(concept, q)
-        pend = self._pending
-        pend.append({"key": key, "action": concept, "cached": cached, "valid": valid, "rewards": rewards, "q": q})
+        self._pending.append({"key": key, "action": concept, "cached": cached, "valid": valid, "rewards": rewards, "q": q})
         self._episode_keys.append(key)
         self.steps += 1
         info: dict[str, Any] = {
@@ -474,9 +492,7 @@ class InternetExplorerEnv(gym.Env):
             "new_images": 0 if cached or not valid else len(rewards), "cached": cached,
             "iteration": self.iteration, "iteration_closed": False,
         }
-        if obs is not None:
-            self._last_obs = obs
-        return self._finish_step(info, q, observed=obs is not None)
+        return self._finish_step(info, q, observed)
 
     def restore_step(self, record: dict[str, Any]):
         """Re-apply a logged query (from ``queries.jsonl``) without downloading or scoring again.
@@ -501,6 +517,7 @@ class InternetExplorerEnv(gym.Env):
 
     def _record(self, action, text, descriptor, key, cached, rewards, q_reward=None):
         cfg = self.config
+        self._fresh_ok = False  # this iteration's new finds are not in the lean step's buffer
         n = len(rewards)
         valid = n >= cfg.min_images
         if not valid:
@@ -592,6 +609,16 @@ class InternetExplorerEnv(gym.Env):
             return train
         return train[self.rng.permutation(len(train))]
 
+    def _start_fresh(self) -> None:
+        """An empty buffer of the iteration's new finds (image latents and rewards), which the lean step
+        fills and the iteration close reads: one array instead of a concatenation of every query's."""
+        self._n_fresh = 0
+        self._fresh_ok = self._lean
+        if self._lean and getattr(self, "_fresh_x", None) is None:
+            rows = self.config.queries_per_iteration * self.config.images_per_query
+            self._fresh_x = np.empty((rows, self.train_images.shape[1]), np.float32)
+            self._fresh_r = np.empty(rows, np.float32)
+
     def _latent_close(self, fresh: np.ndarray, rewards: np.ndarray, idx: np.ndarray):
         """:func:`ie_env.latent_fast.latent_close` where it applies (the whitening surrogate past its
         warm-up, the embedded target set, a replay of latent vectors); else None."""
@@ -644,15 +671,22 @@ class InternetExplorerEnv(gym.Env):
 
     def _close_iteration(self) -> dict[str, Any]:
         cfg = self.config
-        new = [p for p in self._pending if not p["cached"] and p["valid"]]
-        new_images = [self.cache[p["key"]]["images"] for p in new]
-        n_new = sum(len(x) for x in new_images)
+        pend = self._pending
+        if self._fresh_ok:  # the lean step wrote every new find into the buffer, in step order
+            n_new = self._n_fresh
+        else:
+            new = [p for p in pend if not p["cached"] and p["valid"]]
+            new_images = [self.cache[p["key"]]["images"] for p in new]
+            n_new = sum(len(x) for x in new_images)
         stats: dict[str, Any] = {"iteration": self.iteration + 1, "new_images": n_new}
-        before = [p["q"] for p in self._pending]
+        before = [p["q"] for p in pend]
         refreshed = False
         if n_new:
-            fresh = np.concatenate(new_images)
-            rewards = np.concatenate([p["rewards"] for p in new])
+            if self._fresh_ok:
+                fresh, rewards = self._fresh_x[:n_new], self._fresh_r[:n_new]
+            else:
+                fresh = np.concatenate(new_images)
+                rewards = np.concatenate([p["rewards"] for p in new])
             if self._latent and hasattr(self.learner, "update_rows"):
                 # The batch _training_batch would build (the same draw from self.rng), never built.
                 n_mix = int(round(cfg.pcr * n_new))
@@ -681,13 +715,15 @@ class InternetExplorerEnv(gym.Env):
             stats["rescored_rewards"] = self._rescore_history()
         stats["replay_size"] = len(self.replay)
         stats["mean_query_reward"] = _mean(before)
-        stats["mean_true_relevance"] = (_mean(self.world.relevance[[p["action"] for p in self._pending]])
+        h = self.history  # every step is recorded: the iteration's actions are the history's last ones
+        stats["mean_true_relevance"] = (_mean(self.world.relevance[h.actions[h.t - len(pend) : h.t]])
                                         if self._web is None else float("nan"))
         if cfg.evaluate and self._full_info:
             self.knn_history.append(self.evaluate())
             stats["knn_accuracy"] = self.knn_history[-1]
         self.iteration += 1
         self._pending = []
+        self._start_fresh()
         self.last_iteration = stats
         return stats
 

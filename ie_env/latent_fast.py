@@ -405,16 +405,24 @@ if HAVE_NUMBA:
 
     @njit(cache=True, nogil=True)
     def _step_kernel(x, mu, Maug, t, k, fbound, state, top_images, out, min_images, concept, actions, rewards,
-                     last_reward, pos, ctx, E, H, left):  # pragma: no cover - compiled
+                     last_reward, queried, pos, ctx, E, H, left, fresh_x, fresh_r, n_fresh):  # pragma: no cover - compiled
         # One latent query in one call: its image rewards and query reward (_score_kernel; 0 when fewer
-        # than min_images), the history's record at `pos` (EpisodeHistory.record's arrays) and the next
-        # observation's context (_context_kernel).
+        # than min_images), the history's record at `pos` (EpisodeHistory.record's arrays), the next
+        # observation's context (_context_kernel) and, when n_fresh >= 0 and the query is valid, its
+        # images and rewards appended to the iteration's new finds at row n_fresh.
         q = _score_kernel(x, mu, Maug, t, k, fbound, state, top_images, out)
-        if x.shape[0] < min_images:
+        n = x.shape[0]
+        if n < min_images:
             q = np.float32(0.0)
+        elif n_fresh >= 0:
+            for i in range(n):
+                for u in range(x.shape[1]):
+                    fresh_x[n_fresh + i, u] = x[i, u]
+                fresh_r[n_fresh + i] = out[i]
         actions[pos] = concept
         rewards[pos] = q
         last_reward[concept] = q
+        queried[concept] = True
         _context_kernel(ctx, E, actions, rewards, pos + 1, H, left)
         return q
 
@@ -506,26 +514,33 @@ def _first_context(out, E, actions, rewards, t, H, left) -> bool:
 
 
 def latent_step(sc: "LatentScorer", x: np.ndarray, top_images: int, min_images: int, concept: int, hist, ctx: np.ndarray,
-                E: np.ndarray, H: int):
+                E: np.ndarray, H: int, fresh: tuple[np.ndarray, np.ndarray, int] | None = None):
     """Score one query's image latents ``x`` with ``sc``, record it in the episode history ``hist``
     (:class:`~ie_env.actions.EpisodeHistory`) and write the next observation's context into ``ctx``, in
     one compiled call: what ``LatentScorer.score`` + ``EpisodeHistory.record`` + ``fill_context`` do.
-    Returns ``(image_rewards, query_reward)``, or None (nothing done) when the compiled path is not
+    ``fresh = (rows, rewards, n)``: when the query is valid (``min_images`` or more) its images and image
+    rewards are also written at row ``n`` of those buffers (the iteration's new finds; the caller makes
+    room). Returns ``(image_rewards, query_reward)``, or None (nothing done) when the compiled path is not
     available or ``x`` is not float32 rows."""
     pos = hist.t
     if _kernel_state <= 0 or x.dtype != np.float32 or pos >= hist.budget or "step" in _FAILED:
         return None
     out = np.empty(x.shape[0], np.float32)
     left = 1.0 - (pos + 1) / hist.budget
+    fx, fr, nf = fresh if fresh is not None else (_NO_ROWS, _NO_REWARDS, -1)
+    was = hist.queried[concept]
     q = _compiled("step", _step_kernel, x, sc.mu, sc.Maug, sc.t, sc.k, sc.fbound, sc._state, top_images, out, min_images,
-                  concept, hist.actions, hist.rewards, hist.last_reward, pos, ctx, E, H, left)
+                  concept, hist.actions, hist.rewards, hist.last_reward, hist.queried, pos, ctx, E, H, left, fx, fr, nf)
     if q is None:
         return None
     hist.t = pos + 1
-    if not hist.queried[concept]:
-        hist.queried[concept] = True
+    if not was:
         hist.n_distinct += 1
     return out, float(q)
+
+
+_NO_ROWS = np.zeros((0, 1), np.float32)
+_NO_REWARDS = np.zeros(0, np.float32)
 
 
 def latent_close(learner, fresh: np.ndarray, rewards: np.ndarray, targets: np.ndarray, replay: np.ndarray | None,
