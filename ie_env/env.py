@@ -182,7 +182,8 @@ class InternetExplorerEnv(gym.Env):
         self._budget = cfg.query_budget
         self._top_images = cfg.top_images
         # The lean step (``_lean_step``): latent, embedded world, plain queries, minimal info.
-        self._lean = self._latent and self._web is None and self._plain_queries and not self._full_info
+        self._lean = (self._latent and self._web is None and self._plain_queries and not self._full_info
+                      and self.store is None)
         self._names = [c.name for c in self.vocabulary]
         self._plain_ctx = self.action_mode.plain_context
 
@@ -417,7 +418,7 @@ class InternetExplorerEnv(gym.Env):
         concept = self.action_mode.to_concept(action, self.history)
         if self.steps >= self._budget:
             raise RuntimeError("the query budget is spent; call reset()")
-        if self._lean and self.store is None:
+        if self._lean:
             return self._lean_step(concept)
         text, descriptor, key = self._query(concept)
         entry = self.cache.get(key)

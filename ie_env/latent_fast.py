@@ -522,23 +522,30 @@ def latent_step(sc: "LatentScorer", x: np.ndarray, top_images: int, min_images: 
     rewards are also written at row ``n`` of those buffers (the iteration's new finds; the caller makes
     room). Returns ``(image_rewards, query_reward)``, or None (nothing done) when the compiled path is not
     available or ``x`` is not float32 rows."""
+    global _step_ok
     pos = hist.t
-    if _kernel_state <= 0 or x.dtype != np.float32 or pos >= hist.budget or "step" in _FAILED:
+    if _kernel_state <= 0 or x.dtype != np.float32 or pos >= hist.budget:
         return None
     out = np.empty(x.shape[0], np.float32)
     left = 1.0 - (pos + 1) / hist.budget
     fx, fr, nf = fresh if fresh is not None else (_NO_ROWS, _NO_REWARDS, -1)
     was = hist.queried[concept]
-    q = _compiled("step", _step_kernel, x, sc.mu, sc.Maug, sc.t, sc.k, sc.fbound, sc._state, top_images, out, min_images,
-                  concept, hist.actions, hist.rewards, hist.last_reward, hist.queried, pos, ctx, E, H, left, fx, fr, nf)
-    if q is None:
-        return None
+    args = (x, sc.mu, sc.Maug, sc.t, sc.k, sc.fbound, sc._state, top_images, out, min_images, concept, hist.actions,
+            hist.rewards, hist.last_reward, hist.queried, pos, ctx, E, H, left, fx, fr, nf)
+    if _step_ok:  # built: straight to the kernel
+        q = _step_kernel(*args)
+    else:
+        q = _compiled("step", _step_kernel, *args)
+        if q is None:
+            return None
+        _step_ok = True
     hist.t = pos + 1
     if not was:
         hist.n_distinct += 1
     return out, float(q)
 
 
+_step_ok = False  # the step kernel has run once (built or loaded): later calls skip the checks
 _NO_ROWS = np.zeros((0, 1), np.float32)
 _NO_REWARDS = np.zeros(0, np.float32)
 
