@@ -96,6 +96,39 @@ def test_minimal_info_changes_nothing_but_the_info(reward, min_images, mode):
         assert full.history.n_distinct == lean.history.n_distinct
     assert full.knn_history and not lean.knn_history
     assert np.array_equal(full.learner.W, lean.learner.W)
+    assert np.array_equal(full.replay.images, lean.replay.images)
+    assert np.array_equal(full.replay.rewards, lean.replay.rewards)
+
+
+@pytest.mark.parametrize("mode", ["vocab", "slate"])
+def test_new_finds_buffer_gives_the_concatenated_batch(mode):
+    """The lean step writes an iteration's new finds into one buffer as they come (in the compiled call
+    for context-only observations, with numpy for slates) and the close reads it; a buffer too small for
+    them falls back to concatenating every query's images: the same update and replay either way."""
+    actions = [3, 40, 3, 900, 41, 42, 7, 8, 100, 101, 5, 6]
+    over = {"action_mode": mode, "info_level": "minimal"}
+    buffered, small = (InternetExplorerEnv(latent_config(**over)) for _ in range(2))
+    for seed in (9, 10):
+        buffered.reset(seed=seed)
+        small.reset(seed=seed)
+        small._fresh_x = small._fresh_x[:20]  # room for one query's 20 images only
+        fallback = []
+        for a in actions:
+            n_before = buffered._n_fresh
+            ob, rb, _, _, info = buffered.step(a % buffered.action_space.n)
+            os_, rs, _, _, _ = small.step(a % small.action_space.n)
+            assert rb == rs
+            assert np.array_equal(ob["context"], os_["context"]) if mode == "slate" else np.array_equal(ob, os_)
+            if info["iteration_closed"]:
+                assert buffered._n_fresh == 0 and buffered._fresh_ok and small._fresh_ok  # a fresh buffer
+            else:
+                assert buffered._fresh_ok and buffered._n_fresh == n_before + info["new_images"]
+                fallback.append(not small._fresh_ok)
+        assert any(fallback)  # the small buffer overflowed: those closes concatenated
+        assert np.array_equal(buffered.learner.W, small.learner.W)
+        assert np.array_equal(buffered.replay.images, small.replay.images)
+        assert np.array_equal(buffered.replay.rewards, small.replay.rewards)
+        assert np.array_equal(buffered.history.rewards, small.history.rewards)
 
 
 def test_result_bank_serves_identical_images_across_episodes_and_is_read_only():
