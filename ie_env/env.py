@@ -448,7 +448,12 @@ class InternetExplorerEnv(gym.Env):
         entry = cache.get(key)
         cached = entry is not None
         if not cached:
-            entry = cache[key] = self._download(concept, "")
+            entry = self._bank.get((concept, 0, cfg.images_per_query))  # _download's bank hit, inlined
+            if entry is None:
+                entry = self._download(concept, "")
+            else:
+                self.counters["materialized_images"] += len(entry["images"])
+            cache[key] = entry
         scored = self._scored.get(key)
         observed = False
         if scored is None:
@@ -464,8 +469,9 @@ class InternetExplorerEnv(gym.Env):
             if self._plain_ctx:  # score, record, next observation and new finds in one compiled call
                 obs = np.empty(self.obs_dim, np.float32)
                 mode = self.action_mode
-                scored = latent_step(self._latent_scorer(), images, self._top_images, cfg.min_images, concept,
-                                     self.history, obs, mode.E, mode.history_len, fresh)
+                sc = self._scorer if self._scorer is not None else self._latent_scorer()
+                scored = latent_step(sc, images, self._top_images, cfg.min_images, concept, self.history, obs, mode.E,
+                                     mode.history_len, fresh)
                 if scored is not None:
                     self._last_obs = obs
                     observed = True
@@ -484,7 +490,8 @@ class InternetExplorerEnv(gym.Env):
             q = 0.0
         if not observed:
             self.history.record(concept, q)
-        self._pending.append({"key": key, "action": concept, "cached": cached, "valid": valid, "rewards": rewards, "q": q})
+        pend = self._pending
+        pend.append({"key": key, "action": concept, "cached": cached, "valid": valid, "rewards": rewards, "q": q})
         self._episode_keys.append(key)
         self.steps += 1
         info: dict[str, Any] = {
@@ -493,6 +500,8 @@ class InternetExplorerEnv(gym.Env):
             "new_images": 0 if cached or not valid else len(rewards), "cached": cached,
             "iteration": self.iteration, "iteration_closed": False,
         }
+        if observed and len(pend) < cfg.queries_per_iteration and cfg.reward == "query" and self.steps < self._budget:
+            return self._last_obs, float(q), False, False, info  # _finish_step with nothing to close or end
         return self._finish_step(info, q, observed)
 
     def restore_step(self, record: dict[str, Any]):

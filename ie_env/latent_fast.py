@@ -530,12 +530,13 @@ def latent_step(sc: "LatentScorer", x: np.ndarray, top_images: int, min_images: 
     left = 1.0 - (pos + 1) / hist.budget
     fx, fr, nf = fresh if fresh is not None else (_NO_ROWS, _NO_REWARDS, -1)
     was = hist.queried[concept]
-    args = (x, sc.mu, sc.Maug, sc.t, sc.k, sc.fbound, sc._state, top_images, out, min_images, concept, hist.actions,
-            hist.rewards, hist.last_reward, hist.queried, pos, ctx, E, H, left, fx, fr, nf)
     if _step_ok:  # built: straight to the kernel
-        q = _step_kernel(*args)
+        q = _step_kernel(x, sc.mu, sc.Maug, sc.t, sc.k, sc.fbound, sc._state, top_images, out, min_images, concept,
+                         hist.actions, hist.rewards, hist.last_reward, hist.queried, pos, ctx, E, H, left, fx, fr, nf)
     else:
-        q = _compiled("step", _step_kernel, *args)
+        q = _compiled("step", _step_kernel, x, sc.mu, sc.Maug, sc.t, sc.k, sc.fbound, sc._state, top_images, out,
+                      min_images, concept, hist.actions, hist.rewards, hist.last_reward, hist.queried, pos, ctx, E, H,
+                      left, fx, fr, nf)
         if q is None:
             return None
         _step_ok = True
