@@ -8,7 +8,9 @@ rewards are still computed from the image latents under the current surrogate) a
 is the same with the full info of the paper's loop. Each figure is the best of ``--repeats`` timed
 runs in one process; ``cpu_steps_per_second`` divides by this process's CPU time instead of wall
 time (the two differ when the machine is shared). ``ratio_to_noop`` compares with a no-op env stepped
-the same way in the same run.
+the same way in the same run. ``latent_vocab_vector8_native`` / ``_sync`` step 8 envs through
+``gymnasium.make_vec`` (the package's native vector env / Gymnasium's ``SyncVectorEnv``) and count
+every sub-env step.
 
     python benchmarks/env_steps.py [--steps 20000] [--repeats 3] [--pixels-steps 64]
 """
@@ -73,6 +75,26 @@ def time_steps(env: gym.Env, steps: int, repeats: int, seed: int = 0) -> dict[st
     return {"steps_per_second": best_wall, "cpu_steps_per_second": best_cpu}
 
 
+def time_vector(venv, vector_steps: int, repeats: int, seed: int = 0) -> dict[str, float]:
+    """Best-of-``repeats`` env steps per second (sub-env steps: ``num_envs`` per call) of a vector env
+    stepped with random actions (autoreset inside)."""
+    venv.action_space.seed(seed)
+    actions = [venv.action_space.sample() for _ in range(vector_steps)]
+    venv.reset(seed=seed)
+    for a in actions[: min(vector_steps, 300)]:
+        venv.step(a)
+    best_wall, best_cpu = 0.0, 0.0
+    for _ in range(repeats):
+        venv.reset(seed=seed)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for a in actions:
+            venv.step(a)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        best_wall = max(best_wall, vector_steps * venv.num_envs / wall)
+        best_cpu = max(best_cpu, vector_steps * venv.num_envs / max(cpu, 1e-9))
+    return {"steps_per_second": best_wall, "cpu_steps_per_second": best_cpu, "num_envs": venv.num_envs}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20000)
@@ -87,6 +109,12 @@ def main(argv: list[str] | None = None) -> dict:
     for mode in ("vocab", "embedding", "slate"):
         env = gym.make("InternetExplorerLatent-v0", config={**lean, "action_mode": mode}, disable_env_checker=True)
         rows[f"latent_{mode}"] = time_steps(env, args.steps, args.repeats)
+    # The native vector env (make_vec's default for these ids) and Gymnasium's SyncVectorEnv, 8 envs each.
+    for name, mode in (("latent_vocab_vector8_native", "vector_entry_point"), ("latent_vocab_vector8_sync", "sync")):
+        venv = gym.make_vec("InternetExplorerLatent-v0", num_envs=8, vectorization_mode=mode,
+                            config={**lean, "action_mode": "vocab"})
+        rows[name] = time_vector(venv, max(250, args.steps // 8), args.repeats)
+        venv.close()
     env = gym.make("InternetExplorerLatent-v0", disable_env_checker=True)
     rows["latent_vocab_full_info"] = time_steps(env, max(1000, args.steps // 10), 1)
     env = gym.make("InternetExplorerLatentRL-v0", disable_env_checker=True)

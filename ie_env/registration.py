@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Any
 
 import gymnasium as gym
@@ -51,6 +52,15 @@ def _entry(**kwargs: Any):
     return InternetExplorerEnv(cfg, **kwargs)
 
 
+def _vector_entry(num_envs: int = 1, **kwargs: Any):
+    """``gymnasium.make_vec``'s builder for these ids: :class:`~ie_env.vector.InternetExplorerVectorEnv`
+    of ``num_envs`` envs made as ``gymnasium.make`` makes one (without its wrappers)."""
+    from ie_env.vector import InternetExplorerVectorEnv
+
+    copy = kwargs.pop("copy", True)
+    return InternetExplorerVectorEnv([_entry(**deepcopy(kwargs)) for _ in range(int(num_envs))], copy=copy)
+
+
 def register_envs() -> None:
     """Register :data:`ENV_IDS` and the versioned task suite (:mod:`ie_env.suite`)."""
     for env_id, defaults in ENV_IDS.items():
@@ -58,6 +68,7 @@ def register_envs() -> None:
             gym.register(
                 id=env_id,
                 entry_point="ie_env.registration:_entry",
+                vector_entry_point="ie_env.registration:_vector_entry",
                 kwargs={"_defaults": defaults},
                 disable_env_checker=False,
                 # pixels + SSL is not bit-exact across thread counts and devices

@@ -165,12 +165,22 @@ def make_task_env(task_id: str, config: dict[str, Any] | None = None, **kwargs: 
     return env
 
 
+def make_task_vector_env(task_id: str, num_envs: int = 1, config: dict[str, Any] | None = None, copy: bool = True,
+                         **kwargs: Any) -> Any:
+    """``gymnasium.make_vec``'s builder for the suite ids: a native vector env of ``num_envs`` tasks."""
+    from ie_env.vector import InternetExplorerVectorEnv
+
+    envs = [make_task_env(task_id, config, **kwargs) for _ in range(int(num_envs))]
+    return InternetExplorerVectorEnv(envs, copy=copy)
+
+
 def register_suite() -> None:
     import gymnasium as gym
 
     for spec in TASKS.values():
         if spec.id not in gym.registry:
-            gym.register(id=spec.id, entry_point="ie_env.suite:make_task_env", kwargs={"task_id": spec.id},
+            gym.register(id=spec.id, entry_point="ie_env.suite:make_task_env",
+                         vector_entry_point="ie_env.suite:make_task_vector_env", kwargs={"task_id": spec.id},
                          nondeterministic=spec.nondeterministic, disable_env_checker=False)
 
 
