@@ -172,7 +172,8 @@ class InternetExplorerEnv(gym.Env):
         )
         self.target_theme = cfg.world.target_theme if self.target_sampler is None else ""
         self.counters = {"materialized_images": 0, "scored_images": 0, "ssl_updates": 0}
-        self._bank: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}  # query results, shared by episodes
+        # Query results (latent fidelity): shared by episodes and by every env of this process on an equal world.
+        self._bank: dict[tuple[int, int, int], dict[str, np.ndarray]] = self.world.result_bank() if self._latent else {}
         self._splits: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._keys: dict[int, tuple[str, str, str]] = {}
         self._target_feats: torch.Tensor | None = None

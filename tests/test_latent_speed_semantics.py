@@ -131,6 +131,26 @@ def test_new_finds_buffer_gives_the_concatenated_batch(mode):
         assert np.array_equal(buffered.history.rewards, small.history.rewards)
 
 
+def test_result_bank_is_shared_by_envs_on_an_equal_world_only():
+    """Query results depend on the world's seed, config and vocabulary, not on its targets: envs on an
+    equal world (a vector env's sub-envs, fresh-target envs) share one bank; another world has its own."""
+    a = InternetExplorerEnv(latent_config())
+    b = InternetExplorerEnv(latent_config(targets={"mode": "train"}))  # other targets each episode
+    other = InternetExplorerEnv(latent_config(world={"fidelity": "latent", "seed": 123}))
+    assert a._bank is b._bank and other._bank is not a._bank
+    a.reset(seed=0)
+    b.reset(seed=1)
+    assert not np.array_equal(a.world.target_ids, b.world.target_ids)
+    _, _, _, _, ia = a.step(31)
+    _, _, _, _, ib = b.step(31)
+    assert b.cache[ib["key"]]["images"] is a.cache[ia["key"]]["images"]  # served from the shared bank
+    concepts, idx = b.world.search(31, 0, b.config.images_per_query)
+    np.testing.assert_array_equal(b.cache[ib["key"]]["images"], b.world.images(concepts, idx))
+    other.reset(seed=0)
+    _, _, _, _, io = other.step(31)
+    assert not np.array_equal(other.cache[io["key"]]["images"], a.cache[ia["key"]]["images"])
+
+
 def test_result_bank_serves_identical_images_across_episodes_and_is_read_only():
     env = InternetExplorerEnv(latent_config())
     env.reset(seed=0)

@@ -172,6 +172,13 @@ class EmbeddedWorld:
         self.relevance[self.target_ids] = 1.0
         self.nearest_target = d2.argmin(axis=1)
 
+    def result_bank(self) -> dict:
+        """The process's bank of query results of this world (``(concept, query key, n)`` -> images and
+        their concepts), shared by every env built on an equal world: results depend on the world's
+        seed, config and vocabulary only, never on its targets (see :meth:`search`, :meth:`images`)."""
+        key = (self._emb_key, repr(sorted(vars(self.cfg).items())))
+        return shared.shared("result_bank", key, dict)
+
     @property
     def target_names(self) -> list[str]:
         return [self.vocabulary[int(i)].lemma for i in self.target_ids]
