@@ -24,7 +24,8 @@ new finds, target train and replay images (never concatenated; the map ``L^-T`` 
 of ``(1 - s) C + s I``, to rounding numpy's), the target features and scorer matrix of an iteration,
 the replay's choice of the best new rows, all in one call per SSL iteration (:func:`latent_close`);
 the action modes' observation (:func:`fill_context`); and a whole query with a context-only
-observation (score, history record, next observation) in one call (:func:`latent_step`). Without
+observation (score, history record, next observation, the copy of a new query's images and rewards
+into the iteration's buffer of new finds) in one call (:func:`latent_step`). Without
 numba (``IE_ENV_NO_NUMBA=1`` or not installed, decided at import) every function here runs its numpy
 equivalent.
 """
