@@ -449,12 +449,7 @@ class InternetExplorerEnv(gym.Env):
         entry = cache.get(key)
         cached = entry is not None
         if not cached:
-            entry = self._bank.get((concept, 0, cfg.images_per_query))  # _download's bank hit, inlined
-            if entry is None:
-                entry = self._download(concept, "")
-            else:
-                self.counters["materialized_images"] += len(entry["images"])
-            cache[key] = entry
+            entry = cache[key] = self._download(concept, "")
         scored = self._scored.get(key)
         observed = False
         if scored is None:
@@ -470,8 +465,7 @@ class InternetExplorerEnv(gym.Env):
             if self._plain_ctx:  # score, record, next observation and new finds in one compiled call
                 obs = np.empty(self.obs_dim, np.float32)
                 mode = self.action_mode
-                sc = self._scorer if self._scorer is not None else self._latent_scorer()
-                scored = latent_step(sc, images, self._top_images, cfg.min_images, concept, self.history, obs, mode.E,
+                scored = latent_step(self._latent_scorer(), images, self._top_images, cfg.min_images, concept, self.history, obs, mode.E,
                                      mode.history_len, fresh)
                 if scored is not None:
                     self._last_obs = obs
@@ -491,8 +485,7 @@ class InternetExplorerEnv(gym.Env):
             q = 0.0
         if not observed:
             self.history.record(concept, q)
-        pend = self._pending
-        pend.append({"key": key, "action": concept, "cached": cached, "valid": valid, "rewards": rewards, "q": q})
+        self._pending.append({"key": key, "action": concept, "cached": cached, "valid": valid, "rewards": rewards, "q": q})
         self._episode_keys.append(key)
         self.steps += 1
         info: dict[str, Any] = {
@@ -501,8 +494,6 @@ class InternetExplorerEnv(gym.Env):
             "new_images": 0 if cached or not valid else len(rewards), "cached": cached,
             "iteration": self.iteration, "iteration_closed": False,
         }
-        if observed and len(pend) < cfg.queries_per_iteration and cfg.reward == "query" and self.steps < self._budget:
-            return self._last_obs, float(q), False, False, info  # _finish_step with nothing to close or end
         return self._finish_step(info, q, observed)
 
     def restore_step(self, record: dict[str, Any]):
@@ -665,9 +656,8 @@ class InternetExplorerEnv(gym.Env):
         if len(self._episode_keys) != h.t:  # a state from before keys were kept: nothing to re-score
             return None
         keys = list(dict.fromkeys(self._episode_keys))
-        imgs = [self.cache[k]["images"] for k in keys]
         q: dict[str, float] = {}
-        valid = [k for k, x in zip(keys, imgs) if len(x) >= cfg.min_images]
+        valid = [k for k in keys if len(self.cache[k]["images"]) >= cfg.min_images]
         if self._latent:
             sc = self._latent_scorer()
             q.update((k, sc.score(self.cache[k]["images"], cfg.top_images)[1]) for k in valid)
