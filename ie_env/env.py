@@ -196,6 +196,29 @@ class InternetExplorerEnv(gym.Env):
                                "it exists in the embedded world only")
         return self.world.relevance.copy()
 
+    def peek_query_rewards(self, concepts: np.ndarray | list[int] | None = None) -> np.ndarray:
+        """The query reward each concept (every concept by default) would get now, under the current
+        encoder and target features, queried without a descriptor: what a step would return (0.0 below
+        ``min_images`` hits), but no step is taken (no budget, history, cache or training data change).
+        Embedded world only; for analyses such as the sampler ceilings of ``experiments.ceiling``."""
+        if self._web is not None:
+            raise RuntimeError(f"peek_query_rewards runs in the embedded world only, not with engine {self.config.engine.name}")
+        if not self._ready:
+            raise RuntimeError("call reset() before peek_query_rewards()")
+        ids = np.arange(len(self.vocabulary)) if concepts is None else np.asarray(concepts, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self.vocabulary)):
+            raise ValueError(f"concepts must lie in [0, {len(self.vocabulary)})")
+        out = np.zeros(len(ids), dtype=np.float64)
+        sc = self._latent_scorer() if self._latent else None
+        state = sc._state.copy() if sc is not None else None  # the threshold search's warm start
+        for i, c in enumerate(ids):
+            images = self._download(int(c), "", count=False)["images"]
+            if len(images) >= self.config.min_images:
+                out[i] = self._score_query(images)[1]
+        if sc is not None:
+            sc._state[:] = state
+        return out
+
     def close(self) -> None:
         """Release the search engine, fetcher and snapshot recorder (web engines)."""
         if self._web is not None:
@@ -363,7 +386,7 @@ class InternetExplorerEnv(gym.Env):
         text = f"{descriptor} {concept.lemma}" if descriptor else concept.lemma
         return text, descriptor, query_key(concept.name, descriptor, self.config.images_per_query)
 
-    def _download(self, action: int, descriptor: str) -> dict[str, np.ndarray]:
+    def _download(self, action: int, descriptor: str, count: bool = True) -> dict[str, np.ndarray]:
         if self._web is not None:
             return self._web_download(action, descriptor)
         qk = zlib.crc32(descriptor.encode()) if descriptor else 0
@@ -377,7 +400,8 @@ class InternetExplorerEnv(gym.Env):
                 entry["images"].setflags(write=False)
                 entry["concepts"].setflags(write=False)
                 self._bank[(action, qk, n)] = entry
-        self.counters["materialized_images"] += len(entry["images"])
+        if count:
+            self.counters["materialized_images"] += len(entry["images"])
         return entry
 
     def _web_download(self, action: int, descriptor: str) -> dict[str, np.ndarray]:
