@@ -76,6 +76,13 @@ class Agent(ABC):
         """Scalars worth logging (e.g. sampler temperature and entropy)."""
         return {}
 
+    def action_distribution(self) -> np.ndarray | None:
+        """``(N,)`` probabilities over concepts that the latest ``act`` drew its action from, given
+        everything before it (a point mass for a deterministic choice), or None where the agent
+        cannot state it. The runner logs ``p . g`` per query: the expected ground-truth relevance of
+        the policy, free of the noise of the draw itself."""
+        return None
+
     # --- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly where the agent stopped (RNG included)."""

@@ -96,9 +96,15 @@ class RandomAgent(_SimpleAgent):
 
     def act(self, obs: Any, info: dict[str, Any] | None = None) -> int:
         mask = self._mask(info)
+        self._allowed = mask
         if mask is None:
             return int(self.rng.integers(self._n))
         return int(self.rng.choice(np.flatnonzero(mask)))
+
+    def action_distribution(self) -> np.ndarray | None:
+        """Uniform over the concepts the latest ``act`` allowed."""
+        allowed = getattr(self, "_allowed", None)
+        return np.full(self._n, 1.0 / self._n) if allowed is None else allowed / allowed.sum()
 
 
 class UniformNoReplacementAgent(_SimpleAgent):
@@ -122,10 +128,17 @@ class UniformNoReplacementAgent(_SimpleAgent):
         rest = self.perm[self.pos :]
         ok = allowed[rest] & ~self.used[rest]
         a = int(rest[int(np.argmax(ok))])
+        # The unseen rest of a uniform permutation: the action is uniform over the allowed unused ones.
+        self._drawn_from = allowed & ~self.used
         self.used[a] = True
         while self.pos < self._n and self.used[self.perm[self.pos]]:
             self.pos += 1
         return a
+
+    def action_distribution(self) -> np.ndarray | None:
+        """Uniform over the allowed concepts not yet used in this round (when the latest ``act`` drew)."""
+        drawn_from = getattr(self, "_drawn_from", None)
+        return None if drawn_from is None else drawn_from / drawn_from.sum()
 
     def _state(self) -> dict[str, Any]:
         return {"perm": self.perm.copy(), "used": self.used.copy(), "pos": self.pos}
@@ -231,8 +244,17 @@ class OracleAgent(_SimpleAgent):
         mask = self._mask(info)
         order = self._order if mask is None else self._order[mask[self._order]]
         top = order[: self.config.top_k]
+        p = np.zeros(self._n)
         if self.config.weighted:
             w = np.clip(self._relevance[top], 0.0, None)
             if w.sum() > 0:
+                p[top] = w / w.sum()
+                self._p = p
                 return int(self.rng.choice(top, p=w / w.sum()))
+        p[top] = 1.0 / len(top)
+        self._p = p
         return int(self.rng.choice(top))
+
+    def action_distribution(self) -> np.ndarray | None:
+        """Uniform (or relevance-weighted) over the ``top_k`` concepts the latest ``act`` chose among."""
+        return getattr(self, "_p", None)

@@ -179,6 +179,9 @@ class GPBatchAgent(Agent):
         self.iteration = 0  # batches drawn so far
         self.closed = False  # the env closed an iteration since the last batch
         self.scores: np.ndarray | None = None  # what the current batch was drawn from
+        self._batch_p: np.ndarray | None = None
+        self._last_action: int | None = None
+        self._replaced = False
         self.last_stats: dict[str, float] = {}
         self._candidates = np.arange(E.shape[0])
         self._class_actions = np.zeros(0, dtype=np.int64)
@@ -202,11 +205,37 @@ class GPBatchAgent(Agent):
             self._new_batch()
         a = int(self.batch[self.batch_pos])
         self.batch_pos += 1
+        self._last_action, self._replaced = a, False
         mask = _mask_from(info, self._ctx.num_actions)
         if mask is not None and not mask[a]:
             a = self._replacement(mask)
             self.batch[self.batch_pos - 1] = a
+            self._last_action, self._replaced = a, True
         return a
+
+    def action_distribution(self) -> np.ndarray | None:
+        """What the latest action was drawn from (see :meth:`Agent.action_distribution`): the first
+        batch's uniform draw over the candidates, else :meth:`_batch_distribution`; None after a
+        masked slot was replaced."""
+        if getattr(self, "_last_action", None) is None or self._replaced:
+            return None
+        if self._batch_p is None:
+            self._batch_p = self._batch_distribution()
+        if self._batch_p is not None:
+            return self._batch_p
+        p = np.zeros(self._ctx.num_actions, dtype=np.float64)
+        p[self._last_action] = 1.0
+        return p
+
+    def _batch_distribution(self) -> np.ndarray | None:
+        """The per-slot distribution of the current batch; None: each slot is a deterministic choice."""
+        if self.scores is None:  # the uniform first batch
+            return self._with_class_names(_uniform_over(self._candidates, self._ctx.num_actions))
+        return None
+
+    def _with_class_names(self, p: np.ndarray) -> np.ndarray:
+        """``p`` as a slot sees it when the label-set variant may query a class name instead."""
+        return p
 
     def observe(self, action: int, reward: float, obs: Any, info: dict[str, Any] | None = None) -> None:
         self._require_setup()
@@ -240,6 +269,7 @@ class GPBatchAgent(Agent):
         else:
             self.batch = self._gp_batch(M)
         self.batch = np.asarray(self.batch, dtype=np.int64)
+        self._batch_p = None  # built on demand by action_distribution()
         self.batch_pos = 0
         self.iteration += 1
         self.closed = False
@@ -328,8 +358,15 @@ class GPBatchAgent(Agent):
         self.iteration = int(state["iteration"])
         self.closed = bool(state["closed"])
         self.scores = None if state["scores"] is None else np.asarray(state["scores"]).copy()
+        self._batch_p, self._last_action, self._replaced = None, None, False
         self.last_stats = dict(state["last_stats"])
         self._setup_extra(self._ctx)
+
+
+def _uniform_over(indices: np.ndarray, n: int) -> np.ndarray:
+    """``(n,)`` probabilities of drawing uniformly from ``indices`` with replacement (repeats weigh more)."""
+    p = np.bincount(np.asarray(indices, dtype=np.int64), minlength=n).astype(np.float64)
+    return p / p.sum()
 
 
 def _mask_from(info: dict[str, Any] | None, n: int) -> np.ndarray | None:
@@ -372,6 +409,17 @@ class GPSamplerAgent(GPBatchAgent):
         out[is_class] = self.rng.choice(self._class_actions, size=n_cls, replace=True)
         out[~is_class] = draw(M - n_cls)
         return out
+
+    def _batch_distribution(self) -> np.ndarray | None:
+        if self.scores is None:
+            return super()._batch_distribution()
+        return self._with_class_names(self.scores)
+
+    def _with_class_names(self, p: np.ndarray) -> np.ndarray:
+        if not (self.label_set_active and self._class_actions.size):
+            return p
+        q = float(self.config.class_name_query_prob)
+        return (1.0 - q) * p + q * _uniform_over(self._class_actions, p.size)
 
     def _first_batch(self, M: int) -> np.ndarray:
         self.scores = None

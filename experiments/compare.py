@@ -401,8 +401,11 @@ def gap_closed(mean_g: float | np.ndarray, random_value: float, oracle_value: fl
 
 
 def run_metrics(summary: dict[str, Any], g: list[float] | np.ndarray, rewards: list[float] | np.ndarray,
-                queries_per_iteration: int, random_value: float, oracle_value: float) -> dict[str, Any]:
-    """Curves and figures of one exploring run from its summary and its per-query ``g`` and rewards."""
+                queries_per_iteration: int, random_value: float, oracle_value: float,
+                expected_g: list[float | None] | None = None) -> dict[str, Any]:
+    """Curves and figures of one exploring run from its summary and its per-query ``g`` and rewards.
+    ``expected_g`` (per query, ``p . g`` of the distribution the agent drew from) adds the expected
+    gap closed, the same measure without the noise of the draws, when every query has it."""
     g = np.asarray(g, dtype=np.float64)
     rewards = np.asarray(rewards, dtype=np.float64)
     if g.size == 0 or g.shape != rewards.shape:
@@ -415,6 +418,9 @@ def run_metrics(summary: dict[str, Any], g: list[float] | np.ndarray, rewards: l
     cum_g = np.cumsum(g)
     knn = [float(x) for x in summary.get("knn_accuracy", [])]
     gc = lambda x: gap_closed(x, random_value, oracle_value)  # noqa: E731
+    eg = None
+    if expected_g is not None and len(expected_g) == g.size and all(e is not None for e in expected_g):
+        eg = np.asarray(expected_g, dtype=np.float64)
     return {
         "cumulative_reward": np.cumsum(rewards).tolist(),
         "cumulative_relevance": cum_g.tolist(),
@@ -425,6 +431,9 @@ def run_metrics(summary: dict[str, Any], g: list[float] | np.ndarray, rewards: l
         "gap_closed_cumulative": gc(cum_g[ends - 1] / ends).tolist(),
         "gap_closed": float(gc(g.mean())),
         "gap_closed_second_half": float(gc(g[g.size // 2:].mean())),
+        "expected_gap_closed_per_iteration": None if eg is None else gc(
+            np.array([eg[i * Q:(i + 1) * Q].mean() for i in range(n_it)])).tolist(),
+        "expected_gap_closed_second_half": None if eg is None else float(gc(eg[eg.size // 2:].mean())),
         "total_reward": float(rewards.sum()),
         "total_relevance": float(g.sum()),
         "final_regret": float(np.sum(oracle_value - g)),
@@ -491,11 +500,13 @@ def world_reference(cfg: Any) -> dict[str, Any]:
     }
 
 
-def _read_queries(run_dir: Path) -> tuple[list[float], list[float]]:
+def _read_queries(run_dir: Path) -> tuple[list[float], list[float], list[float | None]]:
+    """Per query: ground-truth relevance, reward and expected relevance (None where not logged)."""
     from experiments.target_only import _read_jsonl
 
     records = _read_jsonl(run_dir / "queries.jsonl")
-    return [float(r["true_relevance"]) for r in records], [float(r["reward"]) for r in records]
+    return ([float(r["true_relevance"]) for r in records], [float(r["reward"]) for r in records],
+            [r.get("expected_true_relevance") for r in records])
 
 
 def collect(out: Path, cfg: Any, agents: list[AgentSpec], settings: CompareSettings,
@@ -524,8 +535,8 @@ def collect(out: Path, cfg: Any, agents: list[AgentSpec], settings: CompareSetti
                         m = target_only_metrics(summary)
                         m["matched_to"] = summary.get("matched_to")
                     else:
-                        g, rew = _read_queries(run_dir)
-                        m = run_metrics(summary, g, rew, Q, r, o)
+                        g, rew, exp_g = _read_queries(run_dir)
+                        m = run_metrics(summary, g, rew, Q, r, o, exp_g)
                         m["ssl_images_total"] = int(sum(trained_images_per_iteration(run_dir)))
                     per_seed[s] = m
                 except Exception as exc:
@@ -559,21 +570,23 @@ def _pm(stat: dict[str, Any] | None, digits: int = 3, signed: bool = False) -> s
     if not stat:
         return "—"
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
-    return f"{f.format(stat['mean'])} ± {stat['std']:.{digits}f}"
+    mean = round(stat["mean"], digits) + 0.0  # no "-0.000" for a mean that rounds to zero
+    return f"{f.format(mean)} ± {stat['std']:.{digits}f}"
 
 
 def results_table(res: dict[str, Any]) -> str:
     """``results.md``: one row per agent."""
     ref = res["reference"]
     lines = [
-        "| agent | seeds | gap closed, 2nd half | gap closed, all | cumulative g | distinct relevant concepts | final k-NN | Δ k-NN vs start |",
-        "|---|---|---|---|---|---|---|---|",
+        "| agent | seeds | gap closed, 2nd half | expected gap, 2nd half | gap closed, all | cumulative g | distinct relevant concepts | final k-NN | Δ k-NN vs start |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in res["results"].items():
         n_ok, n_all = len(r["seeds_ok"]), len(r["seeds_ok"]) + len(r["seeds_failed"])
         seeds = f"{n_ok}/{n_all}"
         lines.append(
-            f"| {label} | {seeds} | {_pm(r.get('gap_closed_second_half'))} | {_pm(r.get('gap_closed'))} | "
+            f"| {label} | {seeds} | {_pm(r.get('gap_closed_second_half'))} | {_pm(r.get('expected_gap_closed_second_half'))} | "
+            f"{_pm(r.get('gap_closed'))} | "
             f"{_pm(r.get('total_relevance'), 1)} | {_pm(r.get('distinct_relevant_concepts'), 1)} | "
             f"{_pm(r.get('final_knn_accuracy'))} | {_pm(r.get('delta_knn_accuracy'), signed=True)} |"
         )
@@ -584,6 +597,8 @@ def results_table(res: dict[str, Any]) -> str:
         f"gap closed = (mean g − {ref['random_expected_relevance']:.4f}) / ({ref['oracle_value']:.4f} − "
         f"{ref['random_expected_relevance']:.4f}): random policy's expected g → 0, max g → 1. "
         "k-NN: weighted, k = 20, T = 0.07, target test split.",
+        "expected gap: the same with each query's g replaced by p · g, p the distribution the agent drew it "
+        "from (free of the draws' noise; — where an agent states none).",
     ]
     if res.get("target_only_matched_to"):
         notes.append(f"target_only: SSL on the target train split alone, as many SSL images and steps as {res['target_only_matched_to']}'s run of the same seed.")

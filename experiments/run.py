@@ -227,7 +227,8 @@ class Runner:
         self.agent.setup(ctx)
         self.log = QueryLog(self.dir / "queries.jsonl")
         self.ckpt = Checkpoints(self.dir / "checkpoints", cfg.keep_checkpoints)
-        self.history: dict[str, list] = {"mean_reward": [], "mean_true_relevance": [], "iteration_stats": []}
+        self.history: dict[str, list] = {"mean_reward": [], "mean_true_relevance": [], "expected_true_relevance": [],
+                                         "iteration_stats": []}
         self.coverage = {"relevant_concepts": set(), "new_relevant_images": 0, "classes_hit": set()}
         self.writer = None
 
@@ -261,6 +262,17 @@ class Runner:
         self.coverage["new_relevant_images"] += info["new_relevant_images"]
         self.coverage["classes_hit"].update(info["target_classes_hit"])
 
+    def _expected_relevance(self, p: np.ndarray | None) -> float | None:
+        """``p . g``: the expected ground-truth relevance of a query drawn from ``p`` (None where the
+        agent states no distribution or the world has no ground truth)."""
+        if p is None or self.env._web is not None:
+            return None
+        g = self.env.world.relevance
+        p = np.asarray(p, dtype=np.float64)
+        if p.shape != g.shape:
+            raise ValueError(f"{type(self.agent).__name__}.action_distribution() has shape {p.shape}, expected {g.shape}")
+        return float(p @ g)
+
     def _log_iteration(self, stats: dict[str, Any], records: list[dict[str, Any]]) -> None:
         it = stats["iteration"]
         w = self._tb(None)
@@ -268,6 +280,11 @@ class Runner:
         rel = [r["true_relevance"] for r in records]
         self.history["mean_reward"].append(float(np.mean(rewards)))
         self.history["mean_true_relevance"].append(float(np.mean(rel)))
+        expected = [r.get("expected_true_relevance") for r in records]
+        exp_mean = None if any(e is None for e in expected) else float(np.mean(expected))
+        self.history.setdefault("expected_true_relevance", []).append(exp_mean)
+        if exp_mean is not None:
+            w.add_scalar("iteration/expected_true_relevance", exp_mean, it)
         slim = {k: v for k, v in stats.items() if k not in ("gains", "rescored_rewards")}  # per-query lists
         slim["mean_gain"] = float(np.mean(stats["gains"]))
         slim["distinct_relevant_concepts"] = len(self.coverage["relevant_concepts"])
@@ -364,8 +381,10 @@ class Runner:
         t0 = time.time()
         while env.steps < budget:
             action = int(agent.act(obs, info))
+            expected_g = self._expected_relevance(agent.action_distribution())
             if replay:
                 record = replay.pop(0)
+                record.setdefault("expected_true_relevance", expected_g)  # logs from before the field
                 if record["action"] != action:
                     raise RuntimeError(
                         f"resume diverged at step {env.steps}: agent chose {action}, log has {record['action']}"
@@ -385,6 +404,7 @@ class Runner:
                     "reward": reward,
                     "query_reward": info["query_reward"],
                     "true_relevance": info["true_relevance"],
+                    "expected_true_relevance": expected_g,
                     "image_true_relevance": info["image_true_relevance"],
                     "new_relevant_images": info["new_relevant_images"],
                     "hits": info["hits"],
@@ -447,6 +467,7 @@ class Runner:
             "knn_accuracy": [h[20] for h in knn if 20 in h],
             "mean_reward_per_iteration": self.history["mean_reward"],
             "mean_true_relevance_per_iteration": self.history["mean_true_relevance"],
+            "expected_true_relevance_per_iteration": self.history.get("expected_true_relevance", []),
             "distinct_relevant_concepts_per_iteration": [s["distinct_relevant_concepts"] for s in stats],
             "new_relevant_images_per_iteration": [s["new_relevant_images"] for s in stats],
             "target_classes_hit_share_per_iteration": [s["target_classes_hit_share"] for s in stats],

@@ -161,6 +161,9 @@ def test_crashing_seed_is_reported_then_resume_and_overwrite(tmp_path, monkeypat
     assert ref["oracle_value"] == 1.0 and 0 < ref["random_expected_relevance"] < 0.2
     expect = (g.mean() - ref["random_expected_relevance"]) / (ref["oracle_value"] - ref["random_expected_relevance"])
     assert res["results"]["random"]["per_seed"]["0"]["gap_closed"] == pytest.approx(expect)
+    # The random policy's expected gap (from the distribution it drew from) is 0 on every seed.
+    assert res["results"]["random"]["expected_gap_closed_second_half"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    assert "| random | 2/2 | " in (out / "results.md").read_text() and "0.000 ± 0.000" in (out / "results.md").read_text()
     summ = json.loads((out / "runs/random/seed1/summary.json").read_text())
     assert res["results"]["random"]["per_seed"]["1"]["final_knn_accuracy"] == summ["knn_accuracy"][-1]
     assert len(res["results"]["random"]["regret"]["mean"]) == 6
