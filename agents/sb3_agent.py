@@ -298,6 +298,7 @@ class SB3Agent(Agent):
         self.mode.reset(np.random.default_rng([int(ctx.seed), 7]))
         self._obs = self.mode.observation(self.history)
         self._left: float | None = None
+        self._last: int | None = None
 
     def _policy_obs(self) -> Any:
         obs = self._obs
@@ -320,7 +321,17 @@ class SB3Agent(Agent):
         concept = self.mode.to_concept(action, self.history)
         if not 0 <= concept < self._n:
             raise ValueError(f"policy chose concept {concept} outside the vocabulary")
+        self._last = int(concept)
         return int(concept)
+
+    def action_distribution(self) -> np.ndarray | None:
+        """A point mass on the latest concept when the policy acts deterministically (given what the
+        episode revealed and, in ``slate`` mode, the slate); None for a sampled action."""
+        if not self.deterministic or getattr(self, "_last", None) is None:
+            return None
+        p = np.zeros(self._n)
+        p[self._last] = 1.0
+        return p
 
     def observe(self, action: int, reward: float, obs: Any, info: dict[str, Any] | None = None) -> None:
         info = info or {}
@@ -370,6 +381,11 @@ class SlateRandomAgent(Agent):
 
     def act(self, obs: Any, info: dict[str, Any] | None = None) -> int:
         return int(self.mode.candidates[int(self.rng.integers(self.mode.K))])
+
+    def action_distribution(self) -> np.ndarray | None:
+        """Uniform over the current slate's slots."""
+        p = np.bincount(self.mode.candidates, minlength=self._n).astype(np.float64)
+        return p / p.sum()
 
     def observe(self, action: int, reward: float, obs: Any, info: dict[str, Any] | None = None) -> None:
         info = info or {}

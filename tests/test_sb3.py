@@ -21,6 +21,7 @@ from agents.sb3_agent import (
     read_model_meta,
     save_model,
 )
+from agents.base import AgentContext
 from experiments.train import TrainConfig, main as train_main, run_episode
 from ie_env.env import InternetExplorerEnv
 from tests.conftest import latent_config, pixel_config
@@ -163,6 +164,19 @@ def test_short_learning_beats_random_and_the_untrained_policy(algo, tmp_path):
         assert res["mean_true_relevance"] > 2.0 * uniform
         res_slot = run_episode(SlateRandomAgent(read_model_meta(path)), vocab_env, seed=100)
         assert 0.0 <= res_slot["mean_true_relevance"] <= 1.0
+        # What each agent states it drew from: a point mass on the deterministic policy's concept, a
+        # uniform draw over the slate's slots for the random slot.
+        agent, slot_agent = SB3Agent(str(path)), SlateRandomAgent(read_model_meta(path))
+        ctx = AgentContext.from_env(vocab_env, seed=5)
+        agent.setup(ctx)
+        slot_agent.setup(ctx)
+        a = agent.act(None, {})
+        p = agent.action_distribution()
+        assert p[a] == 1.0 and p.sum() == 1.0
+        b = slot_agent.act(None, {})
+        q = slot_agent.action_distribution()
+        assert q[b] > 0 and q.sum() == pytest.approx(1.0) and set(np.flatnonzero(q)) == set(slot_agent.mode.candidates.tolist())
+        assert SB3Agent(str(path), deterministic=False).action_distribution() is None
 
 
 def _env_dict(cfg: dict) -> dict:
