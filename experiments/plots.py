@@ -1,7 +1,7 @@
 """Figures of an ``ie-compare`` result: curves with mean ± std bands over seeds (matplotlib, Agg).
 
 ``plot_comparison(results, out_dir)`` writes ``reward.png`` (mean query reward and gap closed per
-iteration), ``knn.png`` (k-NN accuracy per iteration, target-only included) and ``regret.png``
+iteration, the expected gap dashed), ``knn.png`` (k-NN accuracy per iteration, target-only included) and ``regret.png``
 (cumulative regret per query), and returns their paths.
 """
 
@@ -61,10 +61,15 @@ def plot_comparison(res: dict[str, Any], out_dir: str | Path) -> list[Path]:
         for lab in labels:
             band(a1, iters, results[lab].get("mean_reward_per_iteration"), lab, colors[lab])
             band(a2, iters, results[lab].get("gap_closed_per_iteration"), lab, colors[lab])
+            expected = results[lab].get("expected_gap_closed_per_iteration")  # p . g: without the draws' noise
+            if expected and expected.get("mean"):
+                m = np.asarray(expected["mean"], dtype=float)
+                a2.plot(iters[: len(m)], m, "--", color=colors[lab], lw=1.2, label=f"{lab}: expected")
         a1.set(xlabel="iteration", ylabel="mean query reward", title="reward (current encoder)")
         a2.axhline(0.0, color="grey", lw=0.8, ls=":")
         a2.axhline(1.0, color="grey", lw=0.8, ls=":")
-        a2.set(xlabel="iteration", ylabel="gap closed (random 0, best 1)", title="ground-truth relevance")
+        a2.set(xlabel="iteration", ylabel="gap closed (random 0, best 1)",
+               title="ground-truth relevance (dashed: expected, p · g)")
         a1.legend(fontsize=8)
         fig.suptitle(title, fontsize=10)
         written.append(_save(fig, out_dir / "reward.png"))
