@@ -207,6 +207,15 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _note_model_fidelity(agent: Agent, cfg: RunConfig) -> None:
+    """A note on stderr when a trained model (``sb3:PATH``) learnt in another fidelity than this run's."""
+    meta = getattr(agent, "meta", None)
+    trained = ((meta or {}).get("env") or {}).get("world", {}).get("fidelity") if isinstance(meta, dict) else None
+    if trained and trained != cfg.env.world.fidelity:
+        print(f"[ie-explore] note: the model was trained with env.world.fidelity={trained}; this run uses "
+              f"{cfg.env.world.fidelity} (--set env.world.fidelity={trained} to match)", file=sys.stderr)
+
+
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
@@ -218,11 +227,13 @@ class Runner:
         self.dir = Path(logdir)
         self.progress = progress
         check_engine(cfg.env.engine)  # a missing API key or snapshot fails here, before the run dir is written
+        # An unknown agent or unreadable model fails here too, before the run dir is written.
+        self.agent = agent if agent is not None else make_agent(cfg.agent, **agent_kwargs(cfg, cfg.agent))
+        _note_model_fidelity(self.agent, cfg)
         self._prepare_dir(resume)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.env = InternetExplorerEnv(cfg.env, store_dir=str(self.dir / "downloads"))
-        self.agent = agent if agent is not None else make_agent(cfg.agent, **agent_kwargs(cfg, cfg.agent))
         ctx = AgentContext.from_env(self.env, seed=cfg.seed, with_ground_truth=self.agent.needs_ground_truth)
         self.agent.setup(ctx)
         self.log = QueryLog(self.dir / "queries.jsonl")

@@ -310,6 +310,15 @@ def test_cli_prints_one_json_line_per_url(servers, tmp_path, capsys, monkeypatch
     assert again["status"] == "ok" and again["sha256"] == lines[0]["sha256"] and again.get("cached")
 
 
+def test_cli_exits_1_when_every_url_failed(tmp_path, capsys):
+    from ie_env.fetcher.cli import main as cli_main
+
+    # A loopback address without --allow-private is refused before any connection is made.
+    assert cli_main(["--out", str(tmp_path), "http://127.0.0.1:1/a.jpg", "ftp://127.0.0.1/b.jpg"]) == 1
+    reasons = [json.loads(x)["reason"] for x in capsys.readouterr().out.splitlines()]
+    assert len(reasons) == 2 and "ok" not in reasons
+
+
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
     from ie_env.fetcher.cli import main as cli_main
 

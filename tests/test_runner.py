@@ -55,6 +55,9 @@ def test_bad_input_is_refused_clearly(tmp_path, capsys):
     assert "env.bogus" in err and "queries_per_iteration" in err
     assert main(["--config", str(cfg), "--agent", "nope", "--logdir", str(tmp_path / "b"), "--no-progress"]) == 2
     assert "random" in capsys.readouterr().err  # lists the registered agents
+    assert not (tmp_path / "b").exists()  # nothing written: the corrected command can use the same folder
+    assert main(["--config", str(cfg), "--agent", "random", "--logdir", str(tmp_path / "b"), "--no-progress"]) == 0
+    capsys.readouterr()
     run = tmp_path / "c"
     assert main(["--config", str(cfg), "--agent", "random", "--logdir", str(run), "--no-progress"]) == 0
     assert main(["--config", str(cfg), "--agent", "random", "--logdir", str(run), "--no-progress"]) == 2
@@ -234,3 +237,17 @@ def test_weights_hash_is_canonical_and_sensitive():
     b["model"]["b"] = torch.tensor([1.0, 1.0 + 2**-23])
     assert weights_sha256(a) != weights_sha256(b)
     assert weights_sha256({"mean": np.zeros(2)}) != weights_sha256({"mean": np.zeros(3)})
+
+
+def test_a_model_trained_in_another_fidelity_gets_a_note(capsys):
+    from experiments.run import RunConfig, _note_model_fidelity
+    from ie_env.config import apply_overrides
+
+    class Trained:
+        meta = {"env": {"world": {"fidelity": "latent"}}}
+
+    _note_model_fidelity(Trained(), apply_overrides(RunConfig(), ["env.world.fidelity=pixels"]))
+    assert "env.world.fidelity=latent" in capsys.readouterr().err
+    _note_model_fidelity(Trained(), apply_overrides(RunConfig(), ["env.world.fidelity=latent"]))
+    _note_model_fidelity(object(), RunConfig())  # agents without a model: nothing to say
+    assert capsys.readouterr().err == ""

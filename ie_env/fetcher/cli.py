@@ -6,8 +6,8 @@
 Prints one JSON line per URL, in input order: ``url``, ``status`` (``ok``/``error``), ``reason``
 (a stable code: ``ok``, ``private_address``, ``too_large``, ``timeout``, ``not_image``,
 ``decompression_bomb``, ``noai``, ``http_404``, ``too_many_redirects``, ``duplicate``, ...) and, when
-ok, ``sha256`` and ``path``. A summary goes to stderr. Exit status 0 when every URL was handled
-(whatever its outcome), 2 for bad arguments.
+ok, ``sha256`` and ``path``. A summary goes to stderr. Exit status 0 when at least one URL was fetched
+(or none was given), 1 when every URL failed (the reasons are on stdout), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     print(f"ie-fetch: {len(urls)} urls: {summary or 'none'}"
           + (f"; leakage guard dropped {leakage.dropped}" if leakage else ""), file=sys.stderr)
-    return 0
+    return 1 if urls and not counts.get("ok") else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
