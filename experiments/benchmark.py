@@ -7,7 +7,8 @@ the held-out themes; the agent is seeded with the same number), the same for eve
 (task, agent, seed) is one ``ie-explore`` run in ``OUT/runs/<task>/<agent>/seed<s>`` (``summary.json``
 and TensorBoard hparams carry the task id, version and world hash). Per episode: ``gap_closed`` =
 (mean g - r) / (max g - r) from ground-truth relevance g (r = the vocabulary's mean g: random 0,
-oracle 1), the coverage figures (DESIGN §7) and, where the fidelity trains (pixels), k-NN accuracy.
+oracle 1), ``expected_gap_closed`` (the same from ``p . g``, p what the agent drew each query from;
+None for agents that state no p), the coverage figures (DESIGN §7) and, where the fidelity trains (pixels), k-NN accuracy.
 Per task and over the suite: IQM and mean with stratified-bootstrap 95% intervals
 (:mod:`experiments.stats`). ``--transfer`` also runs each pixels task's latent twin (same world
 seed and targets) and reports the Kendall tau of the agents' scores between the fidelities and the
@@ -36,7 +37,8 @@ from ie_env.config import ConfigError, atomic_write_text, parse_overrides
 __all__ = ["main", "plan", "collect", "check_agents", "policy_space_problem", "episode_metrics", "TWIN"]
 
 TWIN = "@latent"  # suffix of a pixels task's latent twin in run labels
-EPISODE_FIELDS = ("gap_closed", "gap_closed_second_half", "total_relevance", "total_reward",
+EPISODE_FIELDS = ("gap_closed", "gap_closed_second_half", "expected_gap_closed", "expected_gap_closed_second_half",
+                  "total_relevance", "total_reward",
                   "distinct_relevant_concepts", "new_relevant_images", "target_classes_hit_share",
                   "final_knn_accuracy", "delta_knn_accuracy")
 
@@ -111,8 +113,9 @@ def episode_metrics(run_dir: Path, queries_per_iteration: int) -> dict[str, Any]
     records = _read_jsonl(run_dir / "queries.jsonl")
     g = [float(r["true_relevance"]) for r in records]
     rewards = [float(r["reward"]) for r in records]
+    expected = [r.get("expected_true_relevance") for r in records]  # p . g where the agent states p
     r = float(summary["random_policy_expected_relevance"])
-    m = run_metrics(summary, g, rewards, queries_per_iteration, r, 1.0)  # max g = 1: the targets
+    m = run_metrics(summary, g, rewards, queries_per_iteration, r, 1.0, expected)  # max g = 1: the targets
     out = {k: m.get(k) for k in EPISODE_FIELDS}
     out.update({"random_expected_relevance": r, "mean_relevance": float(np.mean(g)), "target": summary.get("target_concepts"),
                 "task_world_hash": summary.get("task_world_hash"), "knn_accuracy": m.get("knn_accuracy") or None})

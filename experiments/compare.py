@@ -434,6 +434,7 @@ def run_metrics(summary: dict[str, Any], g: list[float] | np.ndarray, rewards: l
         "expected_gap_closed_per_iteration": None if eg is None else gc(
             np.array([eg[i * Q:(i + 1) * Q].mean() for i in range(n_it)])).tolist(),
         "expected_gap_closed_second_half": None if eg is None else float(gc(eg[eg.size // 2:].mean())),
+        "expected_gap_closed": None if eg is None else float(gc(eg.mean())),
         "total_reward": float(rewards.sum()),
         "total_relevance": float(g.sum()),
         "final_regret": float(np.sum(oracle_value - g)),

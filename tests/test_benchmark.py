@@ -80,6 +80,11 @@ def test_benchmark_scores_records_and_reports_a_crashing_agent(tmp_path, monkeyp
     assert oracle["point"] == oracle["low"] == oracle["high"] == pytest.approx(1.0)  # the target concepts
     rnd = res["per_task"][TASK]["random"]
     assert abs(rnd["gap_closed"]["mean"]["point"]) < 0.05
+    # The expected gap (p . g of what each query was drawn from): exactly 0 for random on every
+    # held-out target (up to the float32 mean the summary holds), exactly 1 for the oracle.
+    for s in ("0", "1"):
+        assert rnd["episodes"][s]["expected_gap_closed"] == pytest.approx(0.0, abs=1e-6)
+        assert res["per_task"][TASK]["oracle"]["episodes"][s]["expected_gap_closed_second_half"] == pytest.approx(1.0)
     # the same held-out targets for every agent, fixed by the seed
     targets = {a: [res["per_task"][TASK][a]["episodes"][s]["target"] for s in ("0", "1")] for a in ("random", "oracle")}
     assert targets["random"] == targets["oracle"] and targets["random"][0] != targets["random"][1]
