@@ -276,7 +276,7 @@ class Runner:
     def _expected_relevance(self, p: np.ndarray | None) -> float | None:
         """``p . g``: the expected ground-truth relevance of a query drawn from ``p`` (None where the
         agent states no distribution or the world has no ground truth)."""
-        if p is None or self.env._web is not None:
+        if p is None or self.env.config.engine.name != "embedded":
             return None
         g = self.env.world.relevance
         p = np.asarray(p, dtype=np.float64)
