@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agents.gp_sampler import GPSamplerConfig, tiered_distribution
+from agents.gp_sampler import GPSamplerConfig, build_config, tiered_distribution
 from experiments.compare import gap_closed, load_compare_config
 from experiments.run import agent_kwargs
 from ie_env.config import ConfigError
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     try:
         cfg, _ = load_compare_config(args.config, args.overrides)
-        gp_cfg = GPSamplerConfig(**{k: v for k, v in agent_kwargs(cfg, "gp").items()
-                                   if k in GPSamplerConfig.__dataclass_fields__})
+        gp_cfg = build_config(GPSamplerConfig, agent_kwargs(cfg, "gp"), {})
         tiers = parse_tiers(args.tiers) if args.tiers else [tuple(gp_cfg.tier_sizes)]
         for sizes in tiers:
             if len(sizes) != len(gp_cfg.tier_masses) - 1:

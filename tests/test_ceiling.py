@@ -86,3 +86,14 @@ def test_cli_bad_tiers(tiers, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--seeds", "1", "--tiers", *tiers])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_takes_the_gp_agents_config_from_the_file(tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"env": TINY, "agent_defaults": {"gp": {"tier_sizes": [4, 9], "smr": 2.0,
+                                                                          "prior": {"length_scale": 0.5}}}}))
+    out = main(["--config", str(path), "--seeds", "1"])
+    assert list(out["tiers"]) == ["4,9"] and out["smr"] == 2.0
+    capsys.readouterr()
