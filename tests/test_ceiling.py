@@ -97,3 +97,14 @@ def test_cli_takes_the_gp_agents_config_from_the_file(tmp_path, capsys):
     out = main(["--config", str(path), "--seeds", "1"])
     assert list(out["tiers"]) == ["4,9"] and out["smr"] == 2.0
     capsys.readouterr()
+
+
+def test_each_episode_is_scored_against_its_own_target():
+    # targets.mode train: every reset draws a target, and g must be that episode's.
+    env = InternetExplorerEnv({**TINY, "targets": {"mode": "train"}})
+    runs = [reward_known_run(env, s, 3.0, (5, 20), (0.8, 0.1, 0.1)) for s in (0, 1)]
+    env.reset(seed=1)
+    g1 = env.ground_truth_relevance()
+    assert runs[1]["g_known"] == pytest.approx(expected_gap_g_known(g1, 3.0, (5, 20), (0.8, 0.1, 0.1)))
+    env.reset(seed=0)
+    assert not np.array_equal(env.ground_truth_relevance(), g1)  # two different targets
