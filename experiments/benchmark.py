@@ -8,7 +8,8 @@ the held-out themes; the agent is seeded with the same number), the same for eve
 and TensorBoard hparams carry the task id, version and world hash). Per episode: ``gap_closed`` =
 (mean g - r) / (max g - r) from ground-truth relevance g (r = the vocabulary's mean g: random 0,
 oracle 1), ``expected_gap_closed`` (the same from ``p . g``, p what the agent drew each query from;
-None for agents that state no p), the coverage figures (DESIGN §7) and, where the fidelity trains (pixels), k-NN accuracy.
+None for agents that state no p), the coverage figures (DESIGN §7) and, where the fidelity trains
+(pixels), k-NN accuracy.
 Per task and over the suite: IQM and mean with stratified-bootstrap 95% intervals
 (:mod:`experiments.stats`). ``--transfer`` also runs each pixels task's latent twin (same world
 seed and targets) and reports the Kendall tau of the agents' scores between the fidelities and the
