@@ -55,6 +55,12 @@ class AgentContext:
         )
 
 
+def uniform_over(indices: np.ndarray, n: int) -> np.ndarray:
+    """``(n,)`` probabilities of drawing uniformly from ``indices`` with replacement (repeats weigh more)."""
+    p = np.bincount(np.asarray(indices, dtype=np.int64), minlength=n).astype(np.float64)
+    return p / p.sum()
+
+
 class Agent(ABC):
     """A query policy. Subclasses implement ``setup``, ``act`` and, if they learn, ``observe``."""
 

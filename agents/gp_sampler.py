@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from agents.base import Agent, AgentContext
+from agents.base import Agent, AgentContext, uniform_over
 from agents.gp_prior import GPPrior, GPPriorConfig
 from ie_env.config import from_dict
 
@@ -217,7 +217,7 @@ class GPBatchAgent(Agent):
         """What the latest action was drawn from (see :meth:`Agent.action_distribution`): the first
         batch's uniform draw over the candidates, else :meth:`_batch_distribution`; None after a
         masked slot was replaced."""
-        if getattr(self, "_last_action", None) is None or self._replaced:
+        if self._last_action is None or self._replaced:
             return None
         if self._batch_p is None:
             self._batch_p = self._batch_distribution()
@@ -230,7 +230,7 @@ class GPBatchAgent(Agent):
     def _batch_distribution(self) -> np.ndarray | None:
         """The per-slot distribution of the current batch; None: each slot is a deterministic choice."""
         if self.scores is None:  # the uniform first batch
-            return self._with_class_names(_uniform_over(self._candidates, self._ctx.num_actions))
+            return self._with_class_names(uniform_over(self._candidates, self._ctx.num_actions))
         return None
 
     def _with_class_names(self, p: np.ndarray) -> np.ndarray:
@@ -363,12 +363,6 @@ class GPBatchAgent(Agent):
         self._setup_extra(self._ctx)
 
 
-def _uniform_over(indices: np.ndarray, n: int) -> np.ndarray:
-    """``(n,)`` probabilities of drawing uniformly from ``indices`` with replacement (repeats weigh more)."""
-    p = np.bincount(np.asarray(indices, dtype=np.int64), minlength=n).astype(np.float64)
-    return p / p.sum()
-
-
 def _mask_from(info: dict[str, Any] | None, n: int) -> np.ndarray | None:
     if not info or info.get("action_mask") is None:
         return None
@@ -419,7 +413,7 @@ class GPSamplerAgent(GPBatchAgent):
         if not (self.label_set_active and self._class_actions.size):
             return p
         q = float(self.config.class_name_query_prob)
-        return (1.0 - q) * p + q * _uniform_over(self._class_actions, p.size)
+        return (1.0 - q) * p + q * uniform_over(self._class_actions, p.size)
 
     def _first_batch(self, M: int) -> np.ndarray:
         self.scores = None

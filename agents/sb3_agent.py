@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.base import Agent, AgentContext
+from agents.base import Agent, AgentContext, uniform_over
 from ie_env.actions import ActionConfig, EpisodeHistory, make_action_mode
 from ie_env.config import from_dict
 
@@ -384,8 +384,7 @@ class SlateRandomAgent(Agent):
 
     def action_distribution(self) -> np.ndarray | None:
         """Uniform over the current slate's slots."""
-        p = np.bincount(self.mode.candidates, minlength=self._n).astype(np.float64)
-        return p / p.sum()
+        return uniform_over(self.mode.candidates, self._n)
 
     def observe(self, action: int, reward: float, obs: Any, info: dict[str, Any] | None = None) -> None:
         info = info or {}

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from agents.gp_sampler import GPSamplerConfig, build_config, tiered_distribution
-from experiments.compare import gap_closed, load_compare_config
+from experiments.compare import gap_closed, load_compare_config, mean_std
 from experiments.run import agent_kwargs
 from ie_env.config import ConfigError
 from ie_env.env import InternetExplorerEnv
@@ -65,11 +65,6 @@ def reward_known_run(env: InternetExplorerEnv, seed: int, smr: float, tier_sizes
     half = cfg.iterations // 2
     return {"seed": seed, "gap_per_iteration": per_it, "gap_second_half": float(np.mean(per_it[half:])),
             "gap_all": float(np.mean(per_it)), "g_known": expected_gap_g_known(g, smr, tier_sizes, tier_masses)}
-
-
-def _mean_std(x: list[float]) -> dict[str, float]:
-    a = np.asarray(x, dtype=np.float64)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
 
 
 def parse_tiers(items: list[str]) -> list[tuple[int, ...]]:
@@ -115,8 +110,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for s in range(args.first_seed, args.first_seed + args.seeds)]
         rows[",".join(map(str, sizes))] = {
             "g_known": float(np.mean([r["g_known"] for r in runs])),
-            "reward_known_second_half": _mean_std([r["gap_second_half"] for r in runs]),
-            "reward_known_all": _mean_std([r["gap_all"] for r in runs]),
+            "reward_known_second_half": mean_std([r["gap_second_half"] for r in runs]),
+            "reward_known_all": mean_std([r["gap_all"] for r in runs]),
             "per_seed_second_half": [round(r["gap_second_half"], 4) for r in runs],
         }
     out = {"benchmark": "sampler_ceiling", "config": args.config, "overrides": args.overrides, "seeds": args.seeds,
