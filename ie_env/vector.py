@@ -12,7 +12,6 @@ become one array each instead of going through ``VectorEnv._add_info`` key by ke
 
 from __future__ import annotations
 
-from copy import deepcopy
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -53,6 +52,7 @@ class InternetExplorerVectorEnv(VectorEnv):
         self._terminations = np.zeros(self.num_envs, dtype=np.bool_)
         self._truncations = np.zeros(self.num_envs, dtype=np.bool_)
         self._autoreset_envs = np.zeros(self.num_envs, dtype=np.bool_)
+        self._all = np.ones(self.num_envs, dtype=np.bool_)  # the mask of a key every env has (copied per key)
 
     # --- the batch -------------------------------------------------------------------------
     def _put(self, i: int, obs: Any) -> None:
@@ -63,7 +63,9 @@ class InternetExplorerVectorEnv(VectorEnv):
                 batch[i] = obs[key]
 
     def _out(self) -> Any:
-        return deepcopy(self._obs) if self.copy else self._obs
+        if not self.copy:
+            return self._obs
+        return self._obs.copy() if self._box else {k: v.copy() for k, v in self._obs.items()}
 
     def _merge(self, infos: list[dict[str, Any] | None]) -> dict[str, Any]:
         """``VectorEnv._add_info`` over the sub-envs' infos (``None``: that env has none this step):
@@ -75,7 +77,12 @@ class InternetExplorerVectorEnv(VectorEnv):
             t = type(vals[0])
             if t in _SCALARS and all(type(v) is t for v in vals):
                 out[key] = np.array(vals, dtype=t)
-                out["_" + key] = np.ones(self.num_envs, dtype=np.bool_)
+                out["_" + key] = self._all.copy()
+            elif t is str and all(type(v) is str for v in vals):  # _add_info's object array of the strings
+                arr = np.empty(self.num_envs, dtype=object)
+                arr[:] = vals
+                out[key] = arr
+                out["_" + key] = self._all.copy()
             else:
                 for i, v in enumerate(vals):
                     if v is not _MISSING:

@@ -124,6 +124,41 @@ def test_slate_proposes_neighbours_of_good_concepts_and_random_ones(emb):
     assert mode.action_masks(h).shape == (8,)
 
 
+def _features_from_scratch(mode, h: EpisodeHistory) -> np.ndarray:
+    """The candidate features of ``mode``'s current slate, with E[queried] gathered anew."""
+    d, t, c = mode.d, h.t, mode.candidates
+    out = np.zeros((mode.K, mode.cand_dim), np.float32)
+    out[:, :d], out[:, d], out[:, d + 1] = mode.E[c], h.last_reward[c], h.queried[c]
+    if t:
+        sims = mode.E[c] @ mode.E[h.actions[:t]].T
+        best = sims.argmax(axis=1)
+        out[:, d + 2] = sims[np.arange(mode.K), best]
+        out[:, d + 3] = h.rewards[:t][best]
+        w = np.exp((sims - 1.0) / mode.cfg.kernel_width)
+        out[:, d + 4] = (w @ h.rewards[:t]) / (w.sum(axis=1) + 1e-6)
+        out[:, d + 6] = 4.0 * (out[:, d + 4] - h.rewards[:t].mean())
+        out[:, d + 7] = 4.0 * (out[:, d + 3] - h.rewards[:t].mean())
+    out[:, d + 5] = mode.from_neighbors
+    return np.clip(out, -1.0, 1.0)
+
+
+def test_slate_features_kept_between_steps_equal_a_fresh_computation(emb):
+    # The slate keeps E[queried] between steps; a new history, a shorter one and one that ran past its
+    # budget (shifted in place) must each give the features computed from scratch, bit for bit.
+    mode = make_action_mode("slate", ActionConfig(slate_size=6), emb, 2, 5)
+    mode.reset(np.random.default_rng(3))
+    rng = np.random.default_rng(4)
+    for h in (EpisodeHistory(len(emb), 5), EpisodeHistory(len(emb), 5)):
+        for _ in range(8):  # 3 records past the budget of 5
+            obs = mode.observation(h)
+            np.testing.assert_array_equal(obs["candidates"], _features_from_scratch(mode, h))
+            h.record(int(mode.candidates[rng.integers(mode.K)]), float(rng.uniform(-1, 1)))
+    short = EpisodeHistory(len(emb), 5)
+    short.record(7, 0.5)
+    obs = mode.observation(short)
+    np.testing.assert_array_equal(obs["candidates"], _features_from_scratch(mode, short))
+
+
 def test_slate_size_must_fit_and_unknown_mode_is_refused(emb):
     with pytest.raises(ConfigError, match="slate_size"):
         make_action_mode("slate", ActionConfig(slate_size=1000), emb, 2, 10)
