@@ -407,9 +407,12 @@ class SlateMode(ActionMode):
     def _queried_rows(self, hist: EpisodeHistory) -> np.ndarray:
         """``E[hist.actions[:t]]`` (C-contiguous), kept between steps and grown by the new queries only."""
         t = hist.t
-        if hist is not self._rows_hist or t < self._rows_t or t >= hist.budget or len(self._rows) < t:
-            self._rows = np.empty((max(hist.budget, t), self.d), dtype=np.float32)
+        if hist is not self._rows_hist or t < self._rows_t or t >= hist.budget:  # another or a shifted history
             self._rows_hist, self._rows_t = hist, 0
+        if len(self._rows) < t:  # grows by doubling, up to the budget
+            grown = np.empty((min(max(2 * t, 64), max(hist.budget, t)), self.d), dtype=np.float32)
+            grown[: self._rows_t] = self._rows[: self._rows_t]
+            self._rows = grown
         if self._rows_t < t:
             self._rows[self._rows_t : t] = self.E[hist.actions[self._rows_t : t]]
             self._rows_t = t

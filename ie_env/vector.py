@@ -5,9 +5,9 @@
 returns what ``SyncVectorEnv`` returns for the same seeds and actions, bit for bit (observations,
 rewards, terminations, truncations and infos, next-step autoreset; the tests compare the two), and
 costs less per step: observations go straight into one preallocated batch, the sub-envs are stepped
-without Gymnasium's wrapper layers, and infos whose value is a scalar of one type in every sub-env
-become one array each instead of going through ``VectorEnv._add_info`` key by key and env by env
-(nested and rare keys still do, so the layout is Gymnasium's).
+without Gymnasium's wrapper layers, and infos whose value is a scalar of one type (or a string) in
+every sub-env become one array each instead of going through ``VectorEnv._add_info`` key by key and
+env by env (nested and rare keys still do, so the layout is Gymnasium's).
 """
 
 from __future__ import annotations
