@@ -223,9 +223,7 @@ class GPBatchAgent(Agent):
             self._batch_p = self._batch_distribution()
         if self._batch_p is not None:
             return self._batch_p
-        p = np.zeros(self._ctx.num_actions, dtype=np.float64)
-        p[self._last_action] = 1.0
-        return p
+        return uniform_over([self._last_action], self._ctx.num_actions)  # a point mass
 
     def _batch_distribution(self) -> np.ndarray | None:
         """The per-slot distribution of the current batch; None: each slot is a deterministic choice."""

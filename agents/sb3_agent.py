@@ -329,9 +329,7 @@ class SB3Agent(Agent):
         episode revealed and, in ``slate`` mode, the slate); None for a sampled action."""
         if not self.deterministic or getattr(self, "_last", None) is None:
             return None
-        p = np.zeros(self._n)
-        p[self._last] = 1.0
-        return p
+        return uniform_over([self._last], self._n)  # a point mass
 
     def observe(self, action: int, reward: float, obs: Any, info: dict[str, Any] | None = None) -> None:
         info = info or {}
