@@ -38,7 +38,7 @@ from ie_env.config import ConfigError, from_dict, merge
 from ie_env.evaluation.knn import knn_accuracies
 from ie_env.learner.base import Learner
 from ie_env.learner.ssl import SSLConfig, SSLLearner
-from ie_env.latent_fast import LatentScorer, latent_close, latent_step, segment_top_means, top_mean
+from ie_env.latent_fast import LatentScorer, latent_close, latent_step, segment_top_means, step_kernel, top_mean
 from ie_env.learner.surrogate import SurrogateConfig, WhiteningSurrogate
 from ie_env.query_store import QueryStore, query_key
 from ie_env.replay import ReplayBuffer
@@ -121,6 +121,7 @@ class EnvConfig:
 
 
 RESCORE_QUERIES_PER_BATCH = 64  # rescore_history with pixels: queries whose images share a forward batch
+_NO_FRESH = (np.zeros((0, 1), np.float32), np.zeros(0, np.float32), -1)  # the lean step's "no new finds" buffer
 
 
 def _mean(values) -> float:
@@ -187,6 +188,9 @@ class InternetExplorerEnv(gym.Env):
                       and self.store is None)
         self._names = [c.name for c in self.vocabulary]
         self._plain_ctx = self.action_mode.plain_context
+        self._lean_queries: dict[int, tuple] = {}  # concept -> what the lean step needs of its query
+        self._step_kernel = None  # the compiled one-query kernel once it has run (``_lean_score``)
+        self._rel_of, self._rel = None, []  # world.relevance and its values as a list (info)
 
     # --- public helpers ---------------------------------------------------------------------
     def ground_truth_relevance(self) -> np.ndarray:
@@ -466,45 +470,49 @@ class InternetExplorerEnv(gym.Env):
         """:meth:`step` of the latent fidelity with plain queries, the embedded world and no store: the
         same images, rewards and info, with the key lookup, bank, scorer and record inlined, and the
         iteration's new finds written into one buffer as they come (no concatenation at the close)."""
-        cfg = self.config
-        hit = self._keys.get(concept)
-        key = (hit if hit is not None else self._query(concept))[2]
+        lean = self._lean_queries.get(concept)
+        if lean is None:
+            lean = self._lean_query(concept)
+        key, entry, images, n, fits, valid = lean  # fits: float32 rows of the new-finds buffer's width
         cache = self.cache
-        entry = cache.get(key)
-        cached = entry is not None
+        cached = key in cache
         if not cached:
-            entry = cache[key] = self._download(concept, "")
+            cache[key] = entry
+            self.counters["materialized_images"] += n
         scored = self._scored.get(key)
         observed = False
         if scored is None:
-            images = entry["images"]
-            n = len(images)
-            fresh = None
-            if not cached:
-                nf = self._n_fresh
-                if nf + n <= len(self._fresh_x) and images.shape[1:] == self._fresh_x.shape[1:]:
-                    fresh = (self._fresh_x, self._fresh_r, nf)
-                else:
-                    self._fresh_ok = False
-            if self._plain_ctx:  # score, record, next observation and new finds in one compiled call
-                obs = np.empty(self.obs_dim, np.float32)
+            fresh = cached is False and fits and self._n_fresh + n <= len(self._fresh_x)
+            if not cached and not fresh:
+                self._fresh_ok = False
+            kernel = self._step_kernel
+            h = self.history
+            pos = h.t
+            if kernel is not None and fits and pos < h.budget:  # score, record, next observation, new finds: one call
+                sc = self._scorer or self._latent_scorer()
                 mode = self.action_mode
-                scored = latent_step(self._latent_scorer(), images, self._top_images, cfg.min_images, concept, self.history, obs, mode.E,
-                                     mode.history_len, fresh)
-                if scored is not None:
-                    self._last_obs = obs
-                    observed = True
-            if scored is None:
-                scored = self._latent_scorer().score(images, self._top_images)
-                if fresh is not None and n >= cfg.min_images:
-                    self._fresh_x[fresh[2] : fresh[2] + n] = images
-                    self._fresh_r[fresh[2] : fresh[2] + n] = scored[0]
-            if fresh is not None and n >= cfg.min_images:
+                out = np.empty(n, np.float32)
+                obs = np.empty(self.obs_dim, np.float32)
+                was = h.queried[concept]
+                q = float(kernel(images, sc.mu, sc.Maug, sc.t, sc.k, sc.fbound, sc._state, self._top_images, out,
+                                 self.config.min_images, concept, h.actions, h.rewards, h.last_reward, h.queried, pos, obs,
+                                 mode.E, mode.history_len, 1.0 - (pos + 1) / h.budget,
+                                 *((self._fresh_x, self._fresh_r, self._n_fresh) if fresh else _NO_FRESH)))
+                h.t = pos + 1
+                if not was:
+                    h.n_distinct += 1
+                scored = (out, q)
+                self._last_obs = obs
+                observed = True
+            else:
+                scored = self._lean_score(concept, images, fresh)
+                observed = scored[2]
+                scored = scored[:2]
+            if fresh and valid:
                 self._n_fresh += n
             self._scored[key] = scored
             self.counters["scored_images"] += n
         rewards, q = scored
-        valid = len(rewards) >= cfg.min_images
         if not valid:
             q = 0.0
         if not observed:
@@ -512,13 +520,47 @@ class InternetExplorerEnv(gym.Env):
         self._pending.append({"key": key, "action": concept, "cached": cached, "valid": valid, "rewards": rewards, "q": q})
         self._episode_keys.append(key)
         self.steps += 1
+        rel = self.world.relevance
+        if rel is not self._rel_of:
+            self._rel_of, self._rel = rel, rel.tolist()
         info: dict[str, Any] = {
-            "action": concept, "concept": self._names[concept], "query_reward": q,
-            "true_relevance": float(self.world.relevance[concept]), "hits": len(rewards),
-            "new_images": 0 if cached or not valid else len(rewards), "cached": cached,
+            "action": concept, "concept": self._names[concept], "query_reward": q, "true_relevance": self._rel[concept],
+            "hits": n, "new_images": 0 if cached or not valid else n, "cached": cached,
             "iteration": self.iteration, "iteration_closed": False,
         }
         return self._finish_step(info, q, observed)
+
+    def _lean_query(self, concept: int) -> tuple:
+        """What the lean step keeps of a concept's query (across episodes): its key, bank entry, images,
+        their count, whether they fit the new-finds buffer's rows, and whether the query is valid."""
+        key = self._query(concept)[2]
+        entry = self._download(concept, "", count=False)
+        images = entry["images"]
+        fits = images.dtype == np.float32 and images.ndim == 2 and images.shape[1:] == self._fresh_x.shape[1:]
+        lean = self._lean_queries[concept] = (key, entry, images, len(images), fits, len(images) >= self.config.min_images)
+        return lean
+
+    def _lean_score(self, concept: int, images: np.ndarray, fresh: bool) -> tuple[np.ndarray, float, bool]:
+        """The lean step's query scored without the ready compiled kernel: :func:`latent_step` where the
+        context is plain (it builds the kernel on its first call), else the scorer; ``(rewards, q,
+        observed)``, observed meaning the history and next observation are done."""
+        cfg = self.config
+        n = len(images)
+        buf = (self._fresh_x, self._fresh_r, self._n_fresh) if fresh else None
+        if self._plain_ctx:
+            obs = np.empty(self.obs_dim, np.float32)
+            mode = self.action_mode
+            scored = latent_step(self._latent_scorer(), images, self._top_images, cfg.min_images, concept, self.history, obs,
+                                 mode.E, mode.history_len, buf)
+            if scored is not None:
+                self._last_obs = obs
+                self._step_kernel = step_kernel()
+                return scored[0], scored[1], True
+        rewards, q = self._latent_scorer().score(images, self._top_images)
+        if fresh and n >= cfg.min_images:
+            self._fresh_x[self._n_fresh : self._n_fresh + n] = images
+            self._fresh_r[self._n_fresh : self._n_fresh + n] = rewards
+        return rewards, q, False
 
     def restore_step(self, record: dict[str, Any]):
         """Re-apply a logged query (from ``queries.jsonl``) without downloading or scoring again.

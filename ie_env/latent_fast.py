@@ -36,7 +36,8 @@ import os
 
 import numpy as np
 
-__all__ = ["LatentScorer", "HAVE_NUMBA", "top_mean", "segment_top_means", "stack_rows", "latent_close", "latent_step"]
+__all__ = ["LatentScorer", "HAVE_NUMBA", "top_mean", "segment_top_means", "stack_rows", "latent_close", "latent_step",
+           "step_kernel"]
 
 
 def _numpy_topk_rows(z: np.ndarray, t: int, k: int) -> np.ndarray:
@@ -272,24 +273,35 @@ if HAVE_NUMBA:
 
     @njit(cache=True, nogil=True)
     def _stable_descending(values):  # pragma: no cover - compiled
-        # np.argsort(-values, kind="stable") for float32 values without NaN: one sort of unique int64
-        # keys (an order-preserving map of -value's bits, then the index), cheaper than a mergesort.
+        # np.argsort(-values, kind="stable") for float32 values without NaN: an LSD radix sort (four
+        # stable passes of 8 bits, a pass skipped when every key shares its byte) of uint32 keys whose
+        # ascending order is that of -value (an order-preserving map of its bits, -0.0 as 0.0).
         n = values.shape[0]
-        if n >= 1 << 24:
-            return np.argsort(-values, kind="mergesort")
         neg = np.empty(n, np.float32)
         for i in range(n):
             neg[i] = -values[i] + np.float32(0.0)  # -0.0 -> 0.0: equal values, equal keys
-        bits = neg.view(np.int32)
-        keys = np.empty(n, np.int64)
+        bits = neg.view(np.uint32)
+        keys = np.empty(n, np.uint32)
         for i in range(n):
-            b = np.int64(bits[i])
-            b = (~b) & 0xFFFFFFFF if b < 0 else b | 0x80000000
-            keys[i] = (b << 24) | i
-        keys.sort()
-        order = np.empty(n, np.int64)
-        for i in range(n):
-            order[i] = keys[i] & 0xFFFFFF
+            u = bits[i]
+            keys[i] = ~u if u & np.uint32(0x80000000) else u | np.uint32(0x80000000)
+        order = np.arange(n)
+        tmp = np.empty(n, np.int64)
+        count = np.empty(257, np.int64)
+        for shift in range(0, 32, 8):
+            count[:] = 0
+            for i in range(n):
+                count[((keys[i] >> np.uint32(shift)) & np.uint32(0xFF)) + 1] += 1
+            if n and count[((keys[0] >> np.uint32(shift)) & np.uint32(0xFF)) + 1] == n:
+                continue  # every key has this byte: the pass keeps the order
+            for c in range(256):
+                count[c + 1] += count[c]
+            for i in range(n):
+                j = order[i]
+                d = (keys[j] >> np.uint32(shift)) & np.uint32(0xFF)
+                tmp[count[d]] = j
+                count[d] += 1
+            order, tmp = tmp, order
         return order
 
     @njit(cache=True, nogil=True)
@@ -547,6 +559,11 @@ def latent_step(sc: "LatentScorer", x: np.ndarray, top_images: int, min_images: 
     return out, float(q)
 
 
+def step_kernel():
+    """The compiled one-query kernel (``latent_step``'s, same arguments) once it has run, else None."""
+    return _step_kernel if _step_ok else None
+
+
 _step_ok = False  # the step kernel has run once (built or loaded): later calls skip the checks
 _NO_ROWS = np.zeros((0, 1), np.float32)
 _NO_REWARDS = np.zeros(0, np.float32)
@@ -559,30 +576,39 @@ def latent_close(learner, fresh: np.ndarray, rewards: np.ndarray, targets: np.nd
     train pool ``targets``. Applies the update to ``learner`` and returns ``(scorer, target_feats,
     replay_images, replay_rewards)``; None (nothing changed) when numba is not there or a reward is NaN.
     The same numbers as ``update_rows`` + ``ReplayBuffer.add_top`` + ``LatentScorer.for_targets``."""
+    global _close_ok
     if not HAVE_NUMBA or _kernel_state < 0 or "close" in _FAILED:
         return None
-    f32, f64 = np.float32, np.float64
+    f32 = np.float32
     a = targets if targets.dtype == f32 and targets.flags.c_contiguous else np.ascontiguousarray(targets, f32)
     b = a[:0] if replay is None or len(replay) == 0 else np.ascontiguousarray(replay, f32)
     bias = f32(getattr(learner, "bias", 0.0))
     din = learner.dim
     t = len(a)
     fresh = np.ascontiguousarray(fresh, f32)
+    rewards = np.ascontiguousarray(rewards, f32)
     idx = np.ascontiguousarray(idx, np.int64)
-    x = np.empty((len(fresh) + len(idx), din), f64)
+    x = np.empty((len(fresh) + len(idx), din))
     total = np.zeros(din)
-    if _compiled("rows", _rows_kernel, fresh, a, b, idx, x, total) is None:
-        return None
-    gram = x.T @ x  # numpy's BLAS: faster than the one numba links for this shape
     feats = np.empty((t, din + 1 if bias else din), f32)
     Maug = np.empty((din + 1, t + din + 1), f32)
     m2, mean, W = np.empty((din, din)), np.empty(din), np.empty((din, din))
     W32, mu32 = np.empty((din, din), f32), np.empty(din, f32)
     top, top_rw = np.empty((keep, din), f32), np.empty(keep, f32)
-    out = _compiled("close", _close_kernel, gram, total, float(len(x)), fresh,
-                    np.ascontiguousarray(rewards, f32), a, int(keep), learner.m2, learner.mean, float(learner.count),
-                    float(learner.cfg.shrinkage), bias, feats, Maug, m2, mean, W, W32, mu32, top, top_rw)
-    if out is None or not out[0]:
+    args = (learner.m2, learner.mean, float(learner.count), float(learner.cfg.shrinkage), bias, feats, Maug, m2, mean, W,
+            W32, mu32, top, top_rw)
+    if _close_ok:  # both kernels have run: straight to them
+        _rows_kernel(fresh, a, b, idx, x, total)
+        out = _close_kernel(x.T @ x, total, float(len(x)), fresh, rewards, a, int(keep), *args)
+    else:
+        if _compiled("rows", _rows_kernel, fresh, a, b, idx, x, total) is None:
+            return None
+        gram = x.T @ x  # numpy's BLAS: faster than the one numba links for this shape
+        out = _compiled("close", _close_kernel, gram, total, float(len(x)), fresh, rewards, a, int(keep), *args)
+        if out is None:
+            return None
+        _close_ok = True
+    if not out[0]:
         return None
     learner._apply(m2, mean, out[1], W, W32, mu32)
     sc = LatentScorer.__new__(LatentScorer)
@@ -591,6 +617,9 @@ def latent_close(learner, fresh: np.ndarray, rewards: np.ndarray, targets: np.nd
     sc.fbound = f32(out[2]) if t else f32(0.0)
     sc._state = _search_state(t)
     return sc, feats, top, top_rw
+
+
+_close_ok = False  # the close's kernels have run once (built or loaded)
 
 
 def stack_rows(first: np.ndarray, a: np.ndarray, b: np.ndarray | None, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -636,7 +665,12 @@ def segment_top_means(values: np.ndarray, lengths: list[int], top: int) -> list[
 def _search_state(t: int) -> np.ndarray:
     """The threshold search's warm start, carried from image to image: [normalised k-th similarity,
     normalised move per count, feature norm, learnt slope of the first against the third]."""
-    return np.array([0.5, 0.8 / max(t, 1), 0.0, -0.05], np.float32)
+    state = _STATE0.copy()
+    state[1] = 0.8 / max(t, 1)
+    return state
+
+
+_STATE0 = np.array([0.5, 0.0, 0.0, -0.05], np.float32)
 
 
 class LatentScorer:
