@@ -482,7 +482,7 @@ class InternetExplorerEnv(gym.Env):
         scored = self._scored.get(key)
         observed = False
         if scored is None:
-            fresh = cached is False and fits and self._n_fresh + n <= len(self._fresh_x)
+            fresh = not cached and fits and self._n_fresh + n <= len(self._fresh_x)
             if not cached and not fresh:
                 self._fresh_ok = False
             kernel = self._step_kernel
