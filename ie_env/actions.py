@@ -221,6 +221,7 @@ class ActionMode:
     """An action space, an observation space and the map from actions to concepts."""
 
     name = "base"
+    uses_rng = False  # whether the mode draws at random (the env then gives it an episode generator)
 
     def __init__(self, cfg: ActionConfig, embeddings: np.ndarray, history_len: int, budget: int, mask_queried: bool = False) -> None:
         self.cfg = cfg
@@ -348,6 +349,7 @@ class SlateMode(ActionMode):
     """``Discrete(K)`` over proposed candidates; the observation is a ``Dict`` of context and slate."""
 
     name = "slate"
+    uses_rng = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

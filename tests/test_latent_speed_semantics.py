@@ -193,3 +193,47 @@ def test_state_round_trip_resumes_the_same_trajectory():
         ob, rb, *_ = b.step(i)
         assert ra == pytest.approx(rb, abs=1e-6)
         assert np.array_equal(oa["candidates"], ob["candidates"])
+
+
+def test_iteration_and_episode_figures_follow_each_episodes_target():
+    """The close's means and the episode summary (whose oracle figure is kept while the world's
+    relevance array is the same) against direct computations, over episodes with fresh targets."""
+    env = InternetExplorerEnv(latent_config(info_level="minimal", targets={"mode": "train"},
+                                            world={"fidelity": "latent", "num_targets": 2}))
+    oracles = set()
+    for seed in (0, 1, 2):
+        env.reset(seed=seed)
+        rel = env.world.relevance.copy()
+        acts, rewards, t = [], [], 0
+        rng = np.random.default_rng(seed)
+        while True:
+            a = int(rng.integers(env.action_space.n))
+            _, r, _, trunc, info = env.step(a)
+            acts.append(a)
+            rewards.append(r)
+            assert info["true_relevance"] == float(rel[a])
+            if info["iteration_closed"]:
+                stats = info["iteration_stats"]
+                assert stats["mean_query_reward"] == pytest.approx(np.mean(rewards[t:]), rel=1e-12, abs=1e-15)
+                assert stats["mean_true_relevance"] == pytest.approx(np.mean(rel[acts[t:]].astype(np.float64)), rel=1e-12)
+                t = len(acts)
+            if trunc:
+                break
+        summary = info["ie_episode"]
+        n = len(acts)
+        oracle = float(np.sort(rel)[-n:].mean())
+        assert summary["oracle_relevance"] == pytest.approx(oracle, rel=1e-6)
+        assert summary["mean_true_relevance"] == float(rel[np.array(acts)].mean())
+        assert summary["mean_query_reward"] == float(np.array(rewards, np.float32).mean())
+        oracles.add(summary["oracle_relevance"])
+    assert len(oracles) == 3  # three targets, three oracle figures: none kept from an earlier episode
+
+
+def test_array_mean_is_numpys_mean_bit_for_bit():
+    from ie_env.env import _array_mean
+
+    rng = np.random.default_rng(0)
+    for n in [1, 2, 7, 8, 9, 15, 16, 17, 127, 128, 129, 1000]:
+        for dtype in (np.float32, np.float64):
+            a = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4)).astype(dtype)
+            assert _array_mean(a) == float(a.mean())
