@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from ie_env.config import ConfigError
-from ie_env.latent_fast import fill_context
+from ie_env.latent_fast import array_mean, fill_context
 
 __all__ = [
     "ACTION_MODES",
@@ -438,7 +438,7 @@ class SlateMode(ActionMode):
             out[:, d + 4] = (w @ rw) / (w.sum(axis=1) + 1e-6)
             # The same two estimates against the episode's mean reward so far (reward levels differ
             # between targets; what matters is which candidate looks better than usual), x 4.
-            mean_r = np.float32(np.add.reduce(rw) / np.intp(len(rw)))  # rw.mean(), bit for bit, cheaper
+            mean_r = array_mean(rw)
             out[:, d + 6] = 4.0 * (out[:, d + 4] - mean_r)
             out[:, d + 7] = 4.0 * (out[:, d + 3] - mean_r)
         out[:, d + 5] = self.from_neighbors

@@ -38,7 +38,8 @@ from ie_env.config import ConfigError, from_dict, merge
 from ie_env.evaluation.knn import knn_accuracies
 from ie_env.learner.base import Learner
 from ie_env.learner.ssl import SSLConfig, SSLLearner
-from ie_env.latent_fast import LatentScorer, latent_close, latent_step, segment_top_means, step_kernel, top_mean
+from ie_env.latent_fast import (LatentScorer, array_mean, latent_close, latent_step, segment_top_means, step_kernel,
+                                top_mean)
 from ie_env.learner.surrogate import SurrogateConfig, WhiteningSurrogate
 from ie_env.query_store import QueryStore, query_key
 from ie_env.replay import ReplayBuffer
@@ -122,12 +123,6 @@ class EnvConfig:
 
 RESCORE_QUERIES_PER_BATCH = 64  # rescore_history with pixels: queries whose images share a forward batch
 _NO_FRESH = (np.zeros((0, 1), np.float32), np.zeros(0, np.float32), -1)  # the lean step's "no new finds" buffer
-
-
-def _array_mean(a: np.ndarray) -> float:
-    """``float(a.mean())`` bit for bit for a non-empty 1-d float array (the same pairwise sum, in its
-    dtype), without ``np.mean``'s Python-level overhead."""
-    return float(a.dtype.type(np.add.reduce(a) / len(a)))
 
 
 def _mean(values: list[float]) -> float:
@@ -525,7 +520,7 @@ class InternetExplorerEnv(gym.Env):
         self._pending.append({"key": key, "action": concept, "cached": cached, "valid": valid, "rewards": rewards, "q": q})
         self._episode_keys.append(key)
         self.steps += 1
-        rel = self._rel if self.world.relevance is self._rel_of else self._relevance_list()
+        rel = self._relevance_list()
         info: dict[str, Any] = {
             "action": concept, "concept": self._names[concept], "query_reward": q, "true_relevance": rel[concept],
             "hits": n, "new_images": 0 if cached or not valid else n, "cached": cached,
@@ -671,11 +666,11 @@ class InternetExplorerEnv(gym.Env):
         query, the oracle's (the budget's best distinct concepts) and their ratio."""
         h = self.history
         rel = self.world.relevance if self._web is None else np.full(len(self.world.relevance), np.nan)
-        g = _array_mean(rel[h.actions[: h.t]]) if h.t else 0.0
+        g = float(array_mean(rel[h.actions[: h.t]])) if h.t else 0.0
         n = min(h.t, len(rel))
         oracle = self._oracle_relevance(rel, n)
         return {"mean_true_relevance": g, "oracle_relevance": oracle, "oracle_fraction": g / oracle if oracle else 0.0,
-                "mean_query_reward": _array_mean(h.rewards[: h.t]) if h.t else 0.0,
+                "mean_query_reward": float(array_mean(h.rewards[: h.t])) if h.t else 0.0,
                 "distinct_relevant_concepts": int((rel[h.queried] >= 0.5).sum())}
 
     def _oracle_relevance(self, rel: np.ndarray, n: int) -> float:

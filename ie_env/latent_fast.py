@@ -36,7 +36,7 @@ import os
 
 import numpy as np
 
-__all__ = ["LatentScorer", "HAVE_NUMBA", "top_mean", "segment_top_means", "stack_rows", "latent_close", "latent_step",
+__all__ = ["LatentScorer", "HAVE_NUMBA", "array_mean", "top_mean", "segment_top_means", "stack_rows", "latent_close", "latent_step",
            "step_kernel"]
 
 
@@ -644,6 +644,12 @@ def stack_rows(first: np.ndarray, a: np.ndarray, b: np.ndarray | None, idx: np.n
     x[nf:][in_a] = a[idx[in_a]]
     x[nf:][~in_a] = b[idx[~in_a] - na]
     return x, x.sum(axis=0)
+
+
+def array_mean(a: np.ndarray) -> np.floating:
+    """``a.mean()`` bit for bit for a non-empty 1-d float array (the same pairwise sum in its dtype,
+    divided by an ``intp`` count as NumPy does), without ``np.mean``'s Python-level overhead."""
+    return a.dtype.type(np.add.reduce(a) / np.intp(len(a)))
 
 
 def top_mean(values: np.ndarray, top: int) -> float:
