@@ -35,6 +35,7 @@ from ie_env.learner.augment import (
 )
 from ie_env.learner.base import Learner
 from ie_env.learner.dino import DINO, auto_out_dim, cosine_momentum
+from ie_env.learner.ibot import is_token_backbone
 from ie_env.learner.lars import LARS
 from ie_env.learner.moco import MoCoV3
 
@@ -96,6 +97,10 @@ class SSLConfig:
     dino_local_size: int | None = None  # None = round(image_size * 96 / 224)
     dino_local_scale: tuple[float, float] = (0.05, 0.4)
     koleo_weight: float = 0.1  # 0 disables KoLeo
+    dino_centering: Literal["ema", "sinkhorn"] = "ema"  # DINOv2: sinkhorn (Sinkhorn-Knopp)
+    ibot_weight: float = 0.0  # iBOT masked-patch loss (ViT backbones); DINOv2 1.0, 0 disables it
+    ibot_mask_ratio: tuple[float, float] = (0.1, 0.5)  # share of a masked image's patches
+    ibot_mask_prob: float = 0.5  # share of global crops that are masked
     # Step budget: steps = clamp(ceil(epochs * N / batch), min_steps, max_steps).
     epochs_per_iteration: float = 1.0  # paper 10
     min_steps: int = 1
@@ -136,6 +141,12 @@ class SSLConfig:
         need(self.dino_local_crops >= 0 and self.koleo_weight >= 0, "dino_local_crops and koleo_weight must be >= 0")
         need(self.dino_out_dim is None or self.dino_out_dim >= 1, "dino_out_dim must be >= 1")
         need(self.dino_local_size is None or self.dino_local_size >= 4, "dino_local_size must be >= 4")
+        need(self.dino_centering in ("ema", "sinkhorn"), f"dino_centering: ema or sinkhorn, not {self.dino_centering!r}")
+        need(self.ibot_weight >= 0, f"ibot_weight must be >= 0, got {self.ibot_weight}")
+        need(self.ibot_weight == 0 or self.objective == "dino", "ibot_weight > 0 needs objective 'dino'")
+        mlo, mhi = self.ibot_mask_ratio
+        need(0.0 <= mlo <= mhi <= 1.0, f"ibot_mask_ratio: need 0 <= min <= max <= 1, got {self.ibot_mask_ratio}")
+        need(0.0 <= self.ibot_mask_prob <= 1.0, f"ibot_mask_prob must be in [0, 1], got {self.ibot_mask_prob}")
         need(self.epochs_per_iteration > 0, f"epochs_per_iteration must be > 0, got {self.epochs_per_iteration}")
         need(self.min_steps >= 0, f"min_steps must be >= 0, got {self.min_steps}")
         need(self.max_steps is None or self.max_steps >= self.min_steps, "max_steps must be >= min_steps")
@@ -305,6 +316,11 @@ class SSLLearner(Learner):
                     cfg.pred_layers,
                 )
             else:
+                if cfg.ibot_weight > 0 and not is_token_backbone(backbone):
+                    raise ConfigError(
+                        f"learner config: ibot_weight > 0 needs a timm Vision Transformer backbone (e.g. "
+                        f"vit_tiny_patch16_224), got {cfg.backbone!r}"
+                    )
                 self.model = DINO(
                     backbone,
                     self.feature_dim,
@@ -315,6 +331,10 @@ class SSLLearner(Learner):
                     cfg.dino_teacher_temp,
                     cfg.dino_center_momentum,
                     cfg.koleo_weight,
+                    cfg.dino_centering,
+                    cfg.ibot_weight,
+                    cfg.ibot_mask_ratio,
+                    cfg.ibot_mask_prob,
                 )
         self.model.to(self.device)
         if cfg.channels_last:
