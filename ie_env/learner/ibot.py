@@ -39,10 +39,10 @@ def random_patch_masks(
     if batch < 0 or num_patches < 1:
         raise ValueError(f"need batch >= 0 and num_patches >= 1, got {batch}, {num_patches}")
     masks = torch.zeros(batch, num_patches, dtype=torch.bool, device=device)
-    n_masked = int(round(prob * batch))
+    n_masked = round(prob * batch)
     for i in range(n_masked):
         r = lo + (hi - lo) * i / max(n_masked, 1)
-        k = min(num_patches, max(1, int(math.floor(r * num_patches))))
+        k = min(num_patches, max(1, math.floor(r * num_patches)))
         order = torch.rand(num_patches, device=device).argsort()
         masks[i, order[:k]] = True
     return masks
