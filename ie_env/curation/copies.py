@@ -8,6 +8,9 @@ scales on a grid. A crop of an image matches one of the original's windows, so c
 without a learned model. Two images are copies when the best window-to-image cosine reaches
 ``threshold``. dHash (Hamming distance) catches exact re-encodes as a second, independent test, and
 any encoder embedding can be used instead via :func:`embedding_pairs`.
+dHash alone is not enough on smooth images (backgrounds dominated by a gradient share most bits): a
+dHash pair is kept only when the whole-image descriptors also agree (``dhash_confirm``), which adds
+the copies just under the descriptor threshold without the gradient look-alikes.
 
 Pairs become groups by union-find; each group keeps one image (the first in pool order).
 """
@@ -33,6 +36,7 @@ class CopyConfig:
     grid: int = 3  # window positions per axis at each scale
     threshold: float = 0.93  # cosine of two copies
     dhash_distance: int = 4  # Hamming distance of two copies' dHashes (<= this); -1 disables dHash
+    dhash_confirm: float = 0.8  # a dHash pair counts only if the whole-image descriptors' cosine reaches this
     neighbours: int = 8  # candidates per window searched
 
     def validate(self) -> None:
@@ -147,6 +151,16 @@ def dhash_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 2048) -> lis
         keep = cols > rows + s
         out.extend(zip((rows[keep] + s).tolist(), cols[keep].tolist(), d[rows[keep], cols[keep]].tolist()))
     return out
+
+
+def confirmed(pairs: Sequence[tuple[int, int, int]], full: np.ndarray, min_cosine: float) -> list[tuple[int, int, int]]:
+    """The pairs whose whole-image descriptors (rows of ``full``) reach ``min_cosine``."""
+    if not pairs:
+        return []
+    i = np.array([p[0] for p in pairs])
+    j = np.array([p[1] for p in pairs])
+    cos = np.einsum("ij,ij->i", full[i], full[j])
+    return [p for p, c in zip(pairs, cos) if c >= min_cosine]
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:

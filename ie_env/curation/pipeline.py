@@ -241,6 +241,7 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
     cpairs = [(int(readable[i]), int(readable[j]), s) for i, j, s in cpairs]
     dpairs = cp.dhash_pairs(hashes[readable], cfg.copies.dhash_distance) if len(readable) <= 300_000 else []
     dpairs = [(int(readable[i]), int(readable[j]), d) for i, j, d in dpairs]
+    dpairs = cp.confirmed(dpairs, full, cfg.copies.dhash_confirm)
     epairs: list = []
     if cfg.embedding_dedup is not None:
         epairs = cp.embedding_pairs(emb[readable], cfg.embedding_dedup, cfg.copies.neighbours, cfg.index)
@@ -258,10 +259,13 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
         win = np.concatenate(t_desc)
         ws_sims, ws_idx = VectorIndex(full, kind=cfg.index).search(win, min(n, cfg.copies.neighbours))
         leak[ws_idx[ws_sims >= cfg.copies.threshold]] = True
-        if cfg.copies.dhash_distance >= 0:
+        if cfg.copies.dhash_distance >= 0:  # dHash matches confirmed by the whole-image descriptors
             t_hash = np.array([dhash(Image.fromarray(im)) for im in tests], np.uint64)
-            d = np.bitwise_count(hashes[:, None] ^ t_hash[None, :])
-            leak |= (d <= cfg.copies.dhash_distance).any(axis=1)
+            t_full = np.stack([d[0] for d in t_desc])
+            close = np.bitwise_count(hashes[:, None] ^ t_hash[None, :]) <= cfg.copies.dhash_distance
+            rows, cols = np.nonzero(close)
+            agree = np.einsum("ij,ij->i", full[rows], t_full[cols]) >= cfg.copies.dhash_confirm
+            leak[rows[agree]] = True
         leak &= ok
 
     # 4. Selection among what is left.
