@@ -30,6 +30,7 @@ from torch import nn
 from agents.base import Agent, AgentContext, uniform_over
 from ie_env.actions import ActionConfig, EpisodeHistory, make_action_mode
 from ie_env.config import from_dict
+from ie_env.extras import require
 
 __all__ = [
     "algo_classes",
@@ -61,6 +62,7 @@ ALGO_MODES: dict[str, tuple[str, ...]] = {
 
 def algo_classes() -> dict[str, type]:
     """Algorithm name -> SB3 class (imported on use)."""
+    require("sb3", "Stable-Baselines3 agents")
     from sb3_contrib import MaskablePPO
     from stable_baselines3 import A2C, DQN, PPO, SAC
 
@@ -109,6 +111,7 @@ class SlateScorer(nn.Module):
 
 
 def _sb3_extractor():
+    require("sb3", "Stable-Baselines3 policies")
     from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
     class SlateExtractor(BaseFeaturesExtractor):
@@ -177,6 +180,7 @@ def _slate_policy(base: type) -> type:
 
 
 def _policies() -> dict[str, type]:
+    require("sb3", "Stable-Baselines3 policies")
     from sb3_contrib.common.maskable.policies import MaskableMultiInputActorCriticPolicy
     from stable_baselines3.common.policies import MultiInputActorCriticPolicy
     from stable_baselines3.dqn.policies import MultiInputPolicy as DQNMultiInputPolicy

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ie_env.config import atomic_write_bytes
+from ie_env.extras import require
 
 __all__ = ["leaderboard", "plot_benchmark", "fmt_interval"]
 
@@ -81,6 +82,7 @@ def leaderboard(res: dict[str, Any]) -> str:
 
 def plot_benchmark(res: dict[str, Any], path: str | Path) -> Path:
     """IQM and mean gap closed with 95% intervals per agent: the suite, then each task."""
+    require("plots", "The benchmark plot")
     import matplotlib
 
     matplotlib.use("Agg")

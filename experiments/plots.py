@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 
 from ie_env.config import atomic_write_bytes
+from ie_env.extras import require
 
 __all__ = ["plot_comparison", "band"]
 
 
 def _plt():
+    require("plots", "Plots")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -33,6 +33,7 @@ from agents.registry import make_agent
 from ie_env.config import ConfigError, atomic_write_bytes, atomic_write_text, resolve, to_dict
 from ie_env.env import EnvConfig, InternetExplorerEnv
 from ie_env.evaluation.linear_probe import linear_probe_accuracy
+from ie_env.extras import require
 from ie_env.web_search import check_engine
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
@@ -262,6 +263,7 @@ class Runner:
     # --- logging --------------------------------------------------------------------------
     def _tb(self, purge_step: int | None):
         if self.writer is None:
+            require("tensorboard", "TensorBoard logs of a run")
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.dir / "tb"), purge_step=purge_step)

@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from ie_env.config import ConfigError, atomic_write_text, from_dict, to_dict
+from ie_env.extras import require
 
 __all__ = ["trained_images_per_iteration", "run_target_only", "target_only_from_run", "main"]
 
@@ -105,6 +106,7 @@ def run_target_only(run_cfg: Any, images_per_iteration: list[int], logdir: str |
         logdir = Path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(logdir / "config.yaml", yaml.safe_dump(json.loads(json.dumps(to_dict(run_cfg))), sort_keys=False))
+        require("tensorboard", "TensorBoard logs of the target-only baseline")
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(logdir / "tb"))

@@ -28,6 +28,7 @@ from agents.base import Agent, AgentContext
 from agents.sb3_agent import ALGO_MODES, SB3Agent, SlateRandomAgent, algo_classes, check_algo_mode, policy_for, save_model
 from ie_env.config import ConfigError, atomic_write_text, merge, resolve, to_dict
 from ie_env.env import EnvConfig, InternetExplorerEnv
+from ie_env.extras import require
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "rl_slate.yaml"
 
@@ -205,6 +206,7 @@ def build_model(cfg: TrainConfig, vec, logdir: Path | None):
 def train(cfg: TrainConfig, logdir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Train, save ``model.zip`` and (``heldout_episodes``) compare on held-out targets."""
     check_algo_mode(cfg.algo, cfg.env.action_mode)  # before anything is built
+    require("sb3", "ie-train")
     import torch
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
 

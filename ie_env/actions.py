@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from ie_env.config import ConfigError
+from ie_env.extras import require
 from ie_env.latent_fast import array_mean, fill_context
 
 __all__ = [
@@ -192,7 +193,8 @@ class NearestConceptIndex:
                 self._faiss.add(self.vectors)
             except ImportError:
                 if backend == "faiss":
-                    raise ImportError("index_backend='faiss' needs `pip install faiss-cpu`") from None
+                    require("corpus", "index_backend='faiss'", ("faiss",))
+                    raise
         self.backend = "faiss" if self._faiss is not None else "numpy"
 
     def nearest(self, query: np.ndarray, exclude: np.ndarray | None = None) -> int:

@@ -202,7 +202,7 @@ def iter_parquet(files: list[Path], cfg: LocalCorpusConfig) -> Iterator[tuple[st
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:  # pragma: no cover - optional dependency
-        raise EngineError("local_corpus", "parquet corpora need `pip install pyarrow`") from exc
+        raise EngineError("local_corpus", "parquet corpora need pyarrow: pip install 'ie-env[corpus]'") from exc
     for f in files:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names

@@ -22,6 +22,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ie_env.config import atomic_write_bytes, atomic_write_text
+from ie_env.extras import require
 from ie_env.vocab.base import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,9 @@ class TextEmbedder:
     @property
     def model(self):
         if self._model is None:
-            try:
-                from sentence_transformers import SentenceTransformer
-            except ImportError as e:  # pragma: no cover - a declared dependency
-                raise ImportError("text embeddings need `pip install sentence-transformers`") from e
+            require("text", f"Embedding texts with {self.model_name}", ("sentence_transformers",))
+            from sentence_transformers import SentenceTransformer
+
             local = offline_model_dir(self.model_name)
             source = str(local) if local is not None else self.model_name
             log.info("loading text model %s from %s", self.model_name, source)
