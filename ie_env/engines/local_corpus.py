@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
+from ie_env.bounds import DEFAULT_CORPUS_MAX_BYTES
 from ie_env.config import atomic_write_text
 from ie_env.engines.base import EngineError, SearchEngine, SearchHit, finalize_hits
 
@@ -74,6 +75,8 @@ class LocalCorpusConfig:
     rebuild: Literal["auto", "never", "always"] = "auto"
     model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
     caption_from_filename: bool = True
+    #: Bytes read from one image (file, shard member or parquet cell); a larger one is refused.
+    max_image_bytes: int = DEFAULT_CORPUS_MAX_BYTES
 
     def validate(self) -> None:
         if not self.source:
