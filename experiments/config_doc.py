@@ -12,8 +12,9 @@ import argparse
 import dataclasses
 import sys
 import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ie_env.bounds import BOUNDS, DERIVED, EXEMPT, Bound, _fmt, class_key
 
@@ -84,10 +85,7 @@ def is_size_type(tp: Any) -> bool:
 
 
 def _default(cls: type, name: str) -> str:
-    try:
-        value = getattr(cls(), name)
-    except Exception:  # pragma: no cover - every config class has defaults
-        return ""
+    value = getattr(cls(), name)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_fmt(v) if isinstance(v, (int, float)) else str(v) for v in value) + "]"
     return _fmt(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)

@@ -18,8 +18,10 @@ Seeds are identifiers, not sizes, and have no bounds.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 
@@ -260,9 +262,9 @@ def bound_violations(obj: Any, prefix: str = "") -> list[str]:
         for v in _items(raw):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue  # types are the coercion's job
-            if v == v and b.lo <= v <= b.hi:  # NaN fails too
+            if not math.isnan(v) and b.lo <= v <= b.hi:  # NaN fails too
                 continue
-            above = v == v and v > b.hi
+            above = not math.isnan(v) and v > b.hi
             what = f"{prefix}{name}" + (f" item {v!r}" if many else f"={v!r}")
             out.append(f"{what} is {'above its maximum ' + _fmt(b.hi) if above else 'below its minimum ' + _fmt(b.lo)}"
                        f" (allowed {_fmt(b.lo)}..{_fmt(b.hi)}{'; ' + b.why if b.why else ''}; {see})")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import experiments.run as run
+from experiments import run
 from experiments.config_doc import DOC, is_size_type, render, roots, walk
 from ie_env.bounds import BOUNDS, DERIVED, EXEMPT, class_key
 from ie_env.config import ConfigError, apply_overrides, from_dict
