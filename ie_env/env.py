@@ -264,7 +264,8 @@ class InternetExplorerEnv(gym.Env):
     def _external_target(self) -> TargetSet:
         """The configured image-folder / torchvision target set, loaded once."""
         if getattr(self, "_target_set", None) is None:
-            self._target_set = load_target(self.config.target, self.config.world.image_size)
+            self._target_set = load_target(self.config.target, self.config.world.image_size,
+                                           max_pixels=self.config.engine.fetch.max_pixels)
         return self._target_set
 
     @property

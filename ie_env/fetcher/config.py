@@ -128,6 +128,8 @@ class FetchConfig:
             raise ValueError("quality must be in 1..100")
         if self.max_pixels < 1:
             raise ValueError("max_pixels must be >= 1")
+        if self.decode_budget_bytes < 1:
+            raise ValueError("decode_budget_bytes must be >= 1")
         allowed = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO", "PPM"}
         bad = [f for f in self.formats if f.upper() not in allowed]
         if bad or not self.formats:
