@@ -494,6 +494,7 @@ class Runner:
             "final_weights_sha256": weights_sha256(env.learner.state_dict()),
             "seconds_this_process": seconds,
             "counters_this_process": dict(env.counters),
+            "replay_misses": env.replay_misses(),  # null unless engine.name=replay
         }
         for k in (10, 200):
             out[f"knn_accuracy_k{k}"] = [h[k] for h in knn if k in h]
