@@ -2,7 +2,7 @@
 
 ``python -m experiments.config_doc`` rewrites the page; ``--check`` exits 1 when the page and the code
 disagree (a test runs the same comparison). The walk starts at the run config (``ie-explore``), the
-training config (``ie-train``), every engine's ``options`` and every agent's ``agent_config``, so each
+training config (``ie-train``), ``ie-compare``'s ``compare:`` section, every engine's ``options`` and every agent's ``agent_config``, so each
 row names a key the way ``--set`` spells it.
 """
 
@@ -37,11 +37,12 @@ when they disagree.
 def roots() -> list[tuple[str, type]]:
     """(key prefix, config class) of every config a user writes."""
     from agents.registry import AGENTS
+    from experiments.compare import CompareSettings
     from experiments.run import RunConfig
     from experiments.train import TrainConfig
     from ie_env.web_search import ENGINE_NAMES, _options_class
 
-    out: list[tuple[str, type]] = [("", RunConfig), ("ie-train: ", TrainConfig)]
+    out: list[tuple[str, type]] = [("", RunConfig), ("ie-train: ", TrainConfig), ("ie-compare: compare.", CompareSettings)]
     for name in ENGINE_NAMES:
         if name in ("embedded", "replay"):
             continue

@@ -74,6 +74,9 @@ BOUNDS: dict[str, dict[str, Bound]] = {
         "heldout_episodes": Bound(0, 100_000, "0 = off"),
         "threads": _THREADS,
     },
+    "CompareSettings": {
+        "seeds": Bound(1, 10_000),
+    },
     "EnvConfig": {
         "images_per_query": Bound(1, 10_000, "paper 100"),
         "min_images": Bound(0, 10_000, "paper 10"),
@@ -232,7 +235,7 @@ DERIVED: dict[str, list[Derived]] = {
 }
 
 #: Integer fields that are not sizes (identifiers): no bounds, by design.
-EXEMPT = frozenset({"seed", "split_seed", "heldout_seed"})
+EXEMPT = frozenset({"seed", "split_seed", "heldout_seed", "first_seed"})
 
 
 def class_key(cls: type) -> str:

@@ -77,11 +77,10 @@ def _nested(key: str, value: object) -> dict:
 
 def _cases():
     for prefix, root in roots():
-        head = prefix if prefix.endswith(": ") else ""
-        for key, cls, name, tp in walk(root, head):
+        for key, cls, name, tp in walk(root, prefix):
             b = BOUNDS.get(class_key(cls), {}).get(name)
             if b is not None:
-                yield pytest.param(root, head, key[len(head):], name, cls, tp, b, id=key)
+                yield pytest.param(root, prefix, key[len(prefix):], name, cls, tp, b, id=key)
 
 
 @pytest.mark.parametrize("root,head,rel,name,cls,tp,b", list(_cases()))

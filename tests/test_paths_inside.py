@@ -107,3 +107,22 @@ def test_summary_json_counts_replay_misses(tmp_path):
     assert misses["queries_not_in_snapshot"] == len(queries - {"airbus"})
     assert misses["images_missing"] == (3 if "airbus" in queries else 0)
     assert misses["store_entries_refused"] == 3
+
+
+def test_compare_base_config_must_stay_beside_the_config(tmp_path):
+    import pytest
+
+    from experiments.compare import load_compare_config
+    from ie_env.config import ConfigError
+
+    (tmp_path / "outside.yaml").write_text("seed: 7\n")
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    (cfg_dir / "base.yaml").write_text("seed: 5\n")
+    ok = cfg_dir / "ok.yaml"
+    ok.write_text("compare:\n  base: base.yaml\n")
+    assert load_compare_config(ok)[0].seed == 5
+    bad = cfg_dir / "bad.yaml"
+    bad.write_text("compare:\n  base: ../outside.yaml\n")
+    with pytest.raises(ConfigError, match="outside the config's folder"):
+        load_compare_config(bad)
