@@ -126,3 +126,22 @@ def test_compare_base_config_must_stay_beside_the_config(tmp_path):
     bad.write_text("compare:\n  base: ../outside.yaml\n")
     with pytest.raises(ConfigError, match="outside the config's folder"):
         load_compare_config(bad)
+
+
+def test_query_store_keys_name_nothing_outside_the_store(tmp_path):
+    import numpy as np
+    import pytest
+
+    from ie_env.query_store import QueryStore, query_key
+
+    store = QueryStore(tmp_path / "run" / "downloads")
+    outside = tmp_path / "secret.npz"
+    np.savez(outside, images=np.ones((1, 2, 2, 3), np.uint8))
+    planted = "../secret"  # a key from a damaged or planted checkpoint
+    assert (store.root / planted[:2] / f"{planted}.npz").resolve() == outside.resolve()
+    assert store.get(planted) is None and planted not in store
+    with pytest.raises(ValueError, match="hex digest"):
+        store.put(planted, images=np.zeros((1, 2, 2, 3), np.uint8))
+    key = query_key("robin.n.01", "", 50)
+    store.put(key, images=np.zeros((1, 2, 2, 3), np.uint8))
+    assert key in store and store.get(key)["images"].shape == (1, 2, 2, 3)
