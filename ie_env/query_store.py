@@ -18,7 +18,6 @@ import numpy as np
 
 from ie_env.config import atomic_write_bytes
 
-
 _HEX_KEY = re.compile(r"[0-9a-f]{8,128}")
 
 
