@@ -115,6 +115,9 @@ def load_compare_config(path: str | os.PathLike | None, overrides: list[str] = (
     settings = from_dict(CompareSettings, section, prefix="compare.")
     if settings.base:
         base_path = (path.parent / settings.base).resolve()
+        if not base_path.is_relative_to(path.parent.resolve()):
+            raise ConfigError(f"{path}: compare.base {settings.base!r} resolves to {base_path}, outside the config's "
+                              f"folder {path.parent}; refused (a base config lives beside the config or below it)")
         base = load_yaml(base_path)
         base.pop("compare", None)
         data = _deep_merge(base, data)

@@ -30,6 +30,7 @@ import yaml
 
 from agents.base import Agent, AgentContext
 from agents.registry import make_agent
+from ie_env.bounds import out_of_memory_message
 from ie_env.config import ConfigError, atomic_write_bytes, atomic_write_text, resolve, to_dict
 from ie_env.env import EnvConfig, InternetExplorerEnv
 from ie_env.evaluation.linear_probe import linear_probe_accuracy
@@ -495,6 +496,7 @@ class Runner:
             "final_weights_sha256": weights_sha256(env.learner.state_dict()),
             "seconds_this_process": seconds,
             "counters_this_process": dict(env.counters),
+            "replay_misses": env.replay_misses(),  # null unless engine.name=replay
         }
         for k in (10, 200):
             out[f"knn_accuracy_k{k}"] = [h[k] for h in knn if k in h]
@@ -551,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = runner.run(resume=args.resume)
     except (ConfigError, FileExistsError, ValueError) as exc:
         print(f"ie-explore: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(out_of_memory_message("ie-explore"), file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("agent", "iterations", "queries", "knn_accuracy", "mean_true_relevance_per_iteration")}))
     print(f"run directory: {logdir}  (tensorboard --logdir {logdir}/tb)")

@@ -1,7 +1,8 @@
 """Dataclass configs: defaults <- YAML file <- ``--set key=value`` overrides.
 
-Every config in the project is a (nested) dataclass. ``from_dict`` builds one from a mapping and
-refuses unknown keys with an error naming the key and the valid ones; ``apply_overrides`` applies
+Every config in the project is a (nested) dataclass. ``from_dict`` builds one from a mapping,
+refuses unknown keys with an error naming the key and the valid ones, and refuses a size outside its
+documented limits (``ie_env.bounds``); ``apply_overrides`` applies
 dotted ``key=value`` strings (values parsed as YAML); ``to_dict`` / ``save_yaml`` write the resolved
 config that a run keeps beside its results.
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, TypeVar
 
 import yaml
+
+from ie_env.bounds import bound_violations
 
 T = TypeVar("T")
 
@@ -104,6 +107,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         )
     kwargs = {k: _coerce(v, types[k], prefix + k) for k, v in data.items()}
     obj = cls(**kwargs)
+    problems = bound_violations(obj, prefix)  # before validate: these messages name the whole key
+    if problems:
+        raise ConfigError(problems[0])
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()

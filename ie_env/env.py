@@ -48,7 +48,7 @@ from ie_env.target_sampling import TargetSampler, TargetSamplingConfig
 from ie_env.targets import TargetConfig, TargetSet, load_target
 from ie_env.vocab.descriptors import DescriptorConfig, NoDescriptors, make_descriptor_source
 from ie_env.vocab.text_embed import concept_embeddings
-from ie_env.web_search import EngineConfig, WebSearch, decode_stats, encode_stats
+from ie_env.web_search import EngineConfig, WebSearch, decode_stats, encode_stats, miss_counts
 from ie_env.worlds.embedded import NS_WEB, EmbeddedWorld, WorldConfig, load_vocabulary
 from ie_env.worlds.shared import shared_concept_embeddings
 
@@ -264,7 +264,8 @@ class InternetExplorerEnv(gym.Env):
     def _external_target(self) -> TargetSet:
         """The configured image-folder / torchvision target set, loaded once."""
         if getattr(self, "_target_set", None) is None:
-            self._target_set = load_target(self.config.target, self.config.world.image_size)
+            self._target_set = load_target(self.config.target, self.config.world.image_size,
+                                           max_pixels=self.config.engine.fetch.max_pixels)
         return self._target_set
 
     @property
@@ -415,6 +416,15 @@ class InternetExplorerEnv(gym.Env):
         res = self._web.search_images(f"{descriptor} {lemma}" if descriptor else lemma, self.config.images_per_query)
         self.counters["materialized_images"] += len(res.images)
         return {"images": res.images, "fetch": encode_stats(res.stats)}
+
+    def replay_misses(self) -> dict[str, Any] | None:
+        """With ``engine.name=replay``: this episode's queries the snapshot does not hold and hit images
+        it could not serve (``web_search.miss_counts``, one count per distinct query); else None."""
+        if self._web is None or not self._web.replay:
+            return None
+        entries = (self.cache.get(k) for k in dict.fromkeys(self._episode_keys))
+        stats = [decode_stats(e["fetch"]) for e in entries if e is not None and "fetch" in e]
+        return miss_counts(stats, self._web.store.refused_paths)
 
     def _web_info(self, entry: dict[str, np.ndarray]) -> dict[str, Any]:
         """What a web query's info says instead of ground truth (unknown: NaN) and its fetch counts."""

@@ -5,12 +5,16 @@ so the shorter side is ``S``, then centre-cropped), integer labels, class names 
 files that could not be read. An ImageFolder root holds either ``train/`` and ``test/`` subfolders of
 class folders, or class folders directly (split per class by a seeded ``test_fraction``). Unreadable
 or non-image files are skipped and counted, never fatal; an empty folder or class is a clear error.
+Images above the fetcher's pixel cap (``engine.fetch.max_pixels``, 64 MP by default) are refused from
+their header, with a warning naming the file, and counted with the skipped files; decoding runs under
+the fetcher's process-wide budget of decoded bytes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ie_env.bounds import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_PIXELS
 from ie_env.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -86,25 +91,44 @@ def resize_center_crop(img: Any, size: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def _read_image(path: Path, size: int) -> np.ndarray | None:
-    """The decoded image, or None when the file is not a readable image."""
+def _read_image(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+    """The decoded image, or None when the file is not a readable image or is above ``max_pixels``."""
     from PIL import Image
+
+    from ie_env.fetcher.budget import shared_budget
+    from ie_env.fetcher.decode import decode_cost
 
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                log.warning("target image %s: %dx%d = %d pixels is above the pixel cap %d "
+                            "(engine.fetch.max_pixels); refused", path, w, h, w * h, max_pixels)
+                return None
             img.draft("RGB", (size, size))  # JPEG: decode at reduced scale when large
-            img.load()
-            return resize_center_crop(img, size)
-    except Exception:  # corrupt, truncated, not an image, decompression bomb, ...
+            with shared_budget(DEFAULT_DECODE_BUDGET).hold(decode_cost(img)):
+                img.load()
+                return resize_center_crop(img, size)
+    except Image.DecompressionBombError as exc:  # above Pillow's own limit, whatever max_pixels says
+        log.warning("target image %s: refused (%s)", path, exc)
+        return None
+    except Exception:  # corrupt, truncated, not an image, ...
         return None
 
 
-def _read_many(paths: list[Path], size: int) -> list[np.ndarray | None]:
+def _read_many(paths: list[Path], size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray | None]:
+    from PIL import Image
+
+    from ie_env.fetcher.decode import configure_pillow_memory
+
+    configure_pillow_memory()
+    # The pixel cap in _read_image is the guard; Pillow's own warning at 89 MP would only repeat it.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     workers = min(8, os.cpu_count() or 1)
     if len(paths) < 16 or workers == 1:
-        return [_read_image(p, size) for p in paths]
+        return [_read_image(p, size, max_pixels) for p in paths]
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda p: _read_image(p, size), paths))
+        return list(pool.map(lambda p: _read_image(p, size, max_pixels), paths))
 
 
 def _stack(images: list[np.ndarray], size: int) -> np.ndarray:
@@ -125,14 +149,15 @@ def _class_dirs(folder: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def _read_class(files: list[Path], folder: Path, size: int, cap: int | None) -> tuple[list[np.ndarray], int]:
+def _read_class(files: list[Path], folder: Path, size: int, cap: int | None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[np.ndarray], int]:
     """Readable images of one class folder (at most ``cap``) and the count of skipped files."""
     out: list[np.ndarray] = []
     skipped = 0
     step = max(cap or len(files), 1)
     i = 0
     while i < len(files) and (cap is None or len(out) < cap):
-        for img in _read_many(files[i : i + step], size):
+        for img in _read_many(files[i : i + step], size, max_pixels):
             if img is None:
                 skipped += 1
             elif cap is None or len(out) < cap:
@@ -143,7 +168,7 @@ def _read_class(files: list[Path], folder: Path, size: int, cap: int | None) -> 
     return out, skipped
 
 
-def _load_imagefolder(cfg: TargetConfig, size: int) -> TargetSet:
+def _load_imagefolder(cfg: TargetConfig, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> TargetSet:
     root = Path(cfg.root).expanduser()
     tr_dir, te_dir = root / cfg.train_split, root / cfg.test_split
     skipped = 0
@@ -158,7 +183,7 @@ def _load_imagefolder(cfg: TargetConfig, size: int) -> TargetSet:
             for label, name in enumerate(names):
                 if name not in classes:
                     continue
-                imgs, s = _read_class(classes[name], base / name, size, cfg.max_per_class)
+                imgs, s = _read_class(classes[name], base / name, size, cfg.max_per_class, max_pixels)
                 skipped += s
                 parts[split][0].extend(imgs)
                 parts[split][1].extend([label] * len(imgs))
@@ -167,7 +192,7 @@ def _load_imagefolder(cfg: TargetConfig, size: int) -> TargetSet:
         names = sorted(classes)
         parts = {"train": ([], []), "test": ([], [])}
         for label, name in enumerate(names):
-            imgs, s = _read_class(classes[name], root / name, size, None)
+            imgs, s = _read_class(classes[name], root / name, size, None, max_pixels)
             skipped += s
             order = np.random.default_rng([cfg.seed, label]).permutation(len(imgs))
             n_test = int(round(cfg.test_fraction * len(imgs))) if len(imgs) > 1 else 0
@@ -271,8 +296,10 @@ def _load_torchvision(cfg: TargetConfig, size: int) -> TargetSet:
 
 
 # --- entry point --------------------------------------------------------------------------------
-def load_target(cfg: TargetConfig, image_size: int, world: Any = None) -> TargetSet:
-    """The labeled target set ``cfg`` names, at ``cfg.image_size or image_size`` pixels.
+def load_target(cfg: TargetConfig, image_size: int, world: Any = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> TargetSet:
+    """The labeled target set ``cfg`` names, at ``cfg.image_size or image_size`` pixels; ImageFolder
+    files above ``max_pixels`` (the fetcher's cap) are refused and counted as skipped.
 
     ``kind="embedded"`` reads ``world.target_split`` (``world`` is required then).
     """
@@ -285,5 +312,5 @@ def load_target(cfg: TargetConfig, image_size: int, world: Any = None) -> Target
         xte, yte, _ = world.target_split("test")
         return TargetSet(xtr, ytr, xte, yte, list(world.target_names), 0)
     if cfg.kind == "imagefolder":
-        return _load_imagefolder(cfg, size)
+        return _load_imagefolder(cfg, size, max_pixels)
     return _load_torchvision(cfg, size)

@@ -29,7 +29,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 import numpy as np
 from PIL import Image
@@ -37,7 +37,7 @@ from PIL import Image
 from ie_env.config import ConfigError, from_dict
 from ie_env.engines.base import AuthError, EngineError, SearchHit
 from ie_env.engines.registry import ENGINES, make_engine
-from ie_env.engines.replay import Snapshot, SnapshotError, query_key
+from ie_env.engines.replay import Snapshot, SnapshotError, SnapshotMiss, query_key
 from ie_env.fetcher import Fetcher, FetchConfig, ImageStore, LeakageGuard, Reason
 from ie_env.fetcher.decode import dhash
 from ie_env.targets import resize_center_crop
@@ -263,6 +263,28 @@ class WebSearch:
         recorder = getattr(self.engine, "recorder", None)
         if recorder is not None:
             recorder.close()
+
+
+#: Outcomes of a hit whose image could not be served: no usable record, not in the store (or refused
+#: there for a path outside it), or a damaged store file.
+MISSING_IMAGE_REASONS = ("not_recorded", "missing_from_store", "unreadable")
+
+
+def miss_counts(fetch_stats: Iterable[Mapping[str, Any]], refused_store_entries: int = 0) -> dict[str, Any]:
+    """What a replay could not serve, over its queries' fetch stats (one per distinct query):
+    queries the snapshot does not hold, hit images it could not serve (by reason), and store
+    manifest entries refused for a path outside the store."""
+    queries = missing_queries = 0
+    images: Counter[str] = Counter()
+    for st in fetch_stats:
+        queries += 1
+        if str(st.get("engine_error", "")).startswith(SnapshotMiss.kind):
+            missing_queries += 1
+        for reason in MISSING_IMAGE_REASONS:
+            images[reason] += int(st.get("reasons", {}).get(reason, 0))
+    return {"queries": queries, "queries_not_in_snapshot": missing_queries,
+            "images_missing": sum(images.values()), "images_missing_by_reason": dict(sorted(images.items())),
+            "store_entries_refused": int(refused_store_entries)}
 
 
 def encode_stats(stats: dict[str, Any]) -> np.ndarray:

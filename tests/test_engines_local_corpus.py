@@ -208,3 +208,33 @@ def test_bad_sources_are_clear_errors(tmp_path):
     with pytest.raises(EngineError, match="no captioned"):
         LocalCorpusEngine(LocalCorpusConfig(source=str(img), caption_from_filename=False),
                           embedder=BagOfWords())
+
+
+def test_corpus_images_above_the_byte_cap_are_refused(folder, tmp_path):
+    i = CAPTIONS.index("a green whale in the wild")
+    big = folder / f"part{i % 3}" / f"img{i:03d}.jpg"
+    big.write_bytes(jpeg_bytes(i, 64, 48) + b"\0" * 3000)  # a valid JPEG padded past the cap
+    cfg = LocalCorpusConfig(source=str(folder), index_dir=str(tmp_path / "idx"), max_image_bytes=2048)
+    eng = LocalCorpusEngine(cfg, embedder=BagOfWords())
+    hits = eng.search("green whale", 2)
+    assert hits[0].caption == "a green whale in the wild"
+    with pytest.raises(EngineError, match="max_image_bytes=2048"):
+        eng.read_image(hits[0].url)
+    assert len(eng.read_image(hits[1].url)) <= 2048
+    with Fetcher(str(tmp_path / "store"), FetchConfig(leak_hamming=-1, min_side=8)) as f:
+        f.register_reader(eng.url_prefix, eng.read_image)
+        results = f.fetch_many(hits, query="green whale")
+    assert [r.reason for r in results] == ["too_large", "ok"]
+
+
+def test_corpus_record_paths_stay_inside_the_corpus_folder(folder, tmp_path):
+    secret = tmp_path / "outside.jpg"
+    secret.write_bytes(jpeg_bytes(99, 64, 48))
+    (folder / "part0" / "img000.jpg").unlink()
+    (folder / "part0" / "img000.jpg").symlink_to(secret)  # a symlink pointing out of the corpus
+    eng = LocalCorpusEngine(LocalCorpusConfig(source=str(folder), index_dir=str(tmp_path / "idx")),
+                            embedder=BagOfWords())
+    hit = eng.search(CAPTIONS[0], 1)[0]
+    assert hit.caption == CAPTIONS[0]
+    with pytest.raises(EngineError, match="outside the corpus folder"):
+        eng.read_image(hit.url)

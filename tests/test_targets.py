@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,40 @@ def test_torchvision_target_decodes_caps_and_counts(monkeypatch):
     assert np.bincount(ts.test_labels).tolist() == [3, 2]
     assert ts.skipped == 2 and ts.train_images.shape == (7, 32, 32, 3)
     assert ts.train_images[1, 16, 16, 1] == 200  # label 1 is green
+
+
+def _huge_png(path: Path, side: int = 13_000) -> None:
+    """A valid ``side`` x ``side`` greyscale PNG, written row by row (a few hundred kB, never in memory)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(9)
+    row = b"\x00" + bytes(side)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_imagefolder_refuses_an_image_above_the_fetchers_pixel_cap(tmp_path, caplog):
+    root = make_folder(tmp_path / "imgs", junk=False)
+    big = root / "owl" / "huge.png"
+    _huge_png(big)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(big) as im:
+            assert im.size == (13_000, 13_000)  # 169 MP: under Pillow's own error limit (179 MP)
+    cfg = TargetConfig(kind="imagefolder", root=str(root), test_fraction=0.5, seed=3)
+    with caplog.at_level(logging.WARNING, logger="ie_env.targets"), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ts = load_target(cfg, image_size=32)
+    assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert ts.skipped == 1  # refused, not loaded
+    assert len(ts.train_labels) + len(ts.test_labels) == 18
+    assert "huge.png" in caplog.text and "13000x13000" in caplog.text and "64000000" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ie_env.targets"), pytest.raises(TargetError, match="no readable"):
+        load_target(cfg, image_size=32, max_pixels=40 * 40 - 1)  # the env passes engine.fetch.max_pixels
+    assert "40x40 = 1600 pixels is above the pixel cap 1599" in caplog.text

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
+from ie_env.bounds import DEFAULT_CORPUS_MAX_BYTES
 from ie_env.config import atomic_write_text
 from ie_env.engines.base import EngineError, SearchEngine, SearchHit, finalize_hits
 
@@ -51,6 +52,12 @@ INDEX_VERSION = 1
 URL_SCHEME = "corpus://"
 
 EmbedFn = Callable[[list[str]], np.ndarray]
+
+
+class ImageTooLarge(EngineError):
+    """A corpus image above ``max_image_bytes`` (the fetcher counts it as ``too_large``)."""
+
+    fetch_reason = "too_large"
 
 
 @dataclass
@@ -74,6 +81,8 @@ class LocalCorpusConfig:
     rebuild: Literal["auto", "never", "always"] = "auto"
     model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
     caption_from_filename: bool = True
+    #: Bytes read from one image (file, shard member or parquet cell); a larger one is refused.
+    max_image_bytes: int = DEFAULT_CORPUS_MAX_BYTES
 
     def validate(self) -> None:
         if not self.source:
@@ -536,17 +545,41 @@ class LocalCorpusEngine(SearchEngine):
         if not 0 <= row < self.index.count:
             raise EngineError(self.name, f"row {row} out of range")
         rec = self.index.record(row)
+        cap = self.config.max_image_bytes
         if "path" in rec:
-            root = Path(self.config.source)
-            path = (root / rec["path"]) if root.is_dir() else Path(rec["path"])
-            return path.read_bytes()
+            path = self._member_path(rec["path"], row)
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read(cap + 1)
+            except OSError as exc:
+                raise EngineError(self.name, f"row {row}: cannot read {path}: {exc}") from None
+            return self._capped(data, row, cap)
         if "shard" in rec:
+            if int(rec["size"]) > cap:
+                raise ImageTooLarge(self.name, f"row {row}: {rec['size']} bytes is above engine.options."
+                                               f"max_image_bytes={cap}")
             with open(rec["shard"], "rb") as fh:
                 fh.seek(rec["offset"])
                 return fh.read(rec["size"])
         if "file" in rec:
-            return self._parquet_bytes(rec)
+            return self._capped(self._parquet_bytes(rec), row, cap)
         raise EngineError(self.name, f"row {row} has no local image")
+
+    def _member_path(self, rel: str, row: int) -> Path:
+        """The file of a folder corpus's record, which must resolve inside the corpus folder
+        (a ``..`` or absolute path, or a symlink pointing out, is refused)."""
+        root = Path(self.config.source)
+        if not root.is_dir():
+            return Path(rel)
+        path = (root / rel).resolve()
+        if not path.is_relative_to(root.resolve()):
+            raise EngineError(self.name, f"row {row}: {rel!r} resolves outside the corpus folder {root}; refused")
+        return path
+
+    def _capped(self, data: bytes, row: int, cap: int) -> bytes:
+        if len(data) > cap:
+            raise ImageTooLarge(self.name, f"row {row}: more than engine.options.max_image_bytes={cap} bytes")
+        return data
 
     def _parquet_bytes(self, rec: dict) -> bytes:
         import pyarrow.parquet as pq

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ie_env.bounds import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_PIXELS
 from ie_env.engines.base import USER_AGENT
 
 
@@ -85,7 +86,11 @@ class FetchConfig:
     max_retry_after_s: float = 30.0
     # -- decoding
     formats: list[str] = field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP"])
-    max_pixels: int = 64_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    #: Decoded pixel bytes held at once by all decoding threads together (a semaphore over bytes):
+    #: peak memory stays bounded whatever the concurrency. An image larger than the whole budget
+    #: is decoded alone.
+    decode_budget_bytes: int = DEFAULT_DECODE_BUDGET
     min_side: int = 16
     # -- storing
     image_size: int = 256
@@ -123,6 +128,8 @@ class FetchConfig:
             raise ValueError("quality must be in 1..100")
         if self.max_pixels < 1:
             raise ValueError("max_pixels must be >= 1")
+        if self.decode_budget_bytes < 1:
+            raise ValueError("decode_budget_bytes must be >= 1")
         allowed = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO", "PPM"}
         bad = [f for f in self.formats if f.upper() not in allowed]
         if bad or not self.formats:

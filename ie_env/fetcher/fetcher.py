@@ -12,7 +12,9 @@ per hit, in order, never raising for a bad URL or server: every failure is a ``r
    wall-clock ``deadline_s`` over all attempts, hops and bytes, enforced by a watchdog that shuts
    the socket; ``X-Robots-Tag`` ``noai``/``noimageai`` honoured; non-image content types refused
    before the body; ``Content-Length`` and a streamed byte cap (``max_bytes``); no content decoding.
-3. **Image.** Pillow with a format allowlist and the pixel-count bomb guard; RGB, resized.
+3. **Image.** Pillow with a format allowlist and the pixel-count bomb guard; RGB, resized; decoded
+   under a process-wide budget of pixel bytes in flight (``decode_budget_bytes``), so that memory
+   stays bounded whatever the concurrency.
 4. **Store.** sha256 exact-copy and dHash near-copy dedup, the target-test leakage guard, then an
    atomic write into the content-addressed store with metadata alongside.
 """
@@ -38,7 +40,8 @@ from PIL import Image
 from ie_env.engines.base import SearchHit, parse_retry_after
 from ie_env.fetcher.addresses import AddressGuard, Resolver
 from ie_env.fetcher.config import FetchConfig, FetchError, Reason
-from ie_env.fetcher.decode import decode_image, dhash, dhash_hex, encode_image
+from ie_env.fetcher.budget import shared_budget
+from ie_env.fetcher.decode import configure_pillow_memory, decode_image, dhash, dhash_hex, encode_image
 from ie_env.fetcher.dedup import LeakageGuard
 from ie_env.fetcher.limits import HostLimiter, backoff_delay
 from ie_env.fetcher.robots import blocked_by_robots
@@ -147,6 +150,7 @@ class Fetcher:
         # The pixel-count guard here is stricter than Pillow's warning threshold; silence the warning
         # (its error at twice the threshold still fires and is mapped to decompression_bomb).
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        configure_pillow_memory()
         if store is None:
             if out_dir is None:
                 raise ValueError("Fetcher needs out_dir or store")
@@ -158,6 +162,8 @@ class Fetcher:
         self.adapter = PinnedAdapter(self.guard, pool_maxsize=self.config.concurrency,
                                      proxy=self.config.proxy)
         self.limiter = HostLimiter(self.config.per_host_concurrency, self.config.per_host_rate)
+        #: Decoded pixel bytes in flight, shared with every fetcher of this process on the same budget.
+        self.decode_budget = shared_budget(self.config.decode_budget_bytes)
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._local = threading.local()
@@ -281,8 +287,8 @@ class Fetcher:
             if url.startswith(prefix):
                 try:
                     data = reader(url)
-                except Exception as exc:
-                    raise FetchError(Reason.BAD_URL, f"local reader: {exc}") from None
+                except Exception as exc:  # a reader may name the reason (``fetch_reason``)
+                    raise FetchError(getattr(exc, "fetch_reason", Reason.BAD_URL), f"local reader: {exc}") from None
                 return self._process(req, data, "", url, None, state)
         if self.config.reuse_stored:
             rec = self.store.lookup_url(url)
@@ -303,7 +309,7 @@ class Fetcher:
                                sha256=sha, dhash=existing.get("dhash"),
                                path=str(self.store.abspath(existing)), duplicate_of=sha,
                                bytes=len(data))
-        dec = decode_image(data, cfg)
+        dec = decode_image(data, cfg, self.decode_budget)
         dh = dhash(dec.image)
         if self.leakage is not None:
             leak, dist, target = self.leakage.check(dh)

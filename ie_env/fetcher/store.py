@@ -6,7 +6,10 @@ licence, creator, landing page, sha256, dHash, sizes, ...), and ``manifest.jsonl
 stored image, read on open to rebuild the sha256 / URL / dHash indexes. Image and metadata files are
 written atomically (temp file, rename; plus fsync when asked) before the manifest line is appended, so a killed
 run leaves either a complete entry or none; a torn last manifest line is skipped on open.
-Nothing is ever written outside ``root``: every path is built from a hex digest.
+Nothing is ever written outside ``root``: every path is built from a hex digest. Nothing is read
+from outside it either: a manifest line whose ``path`` is not the image's own place under
+``images/`` -- ``../..``, an absolute path, or a file that resolves elsewhere through a symlink -- is
+refused, counted (``refused_paths``) and warned about.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ie_env.config import atomic_write_bytes
 from ie_env.fetcher.dedup import DHashIndex
@@ -62,9 +66,11 @@ class ImageStore:
         self._manifest = open(self.manifest_path, "a", encoding="utf-8")
 
     def _load(self) -> None:
+        self.refused_paths = 0
         if not self.manifest_path.exists():
             return
         bad = 0
+        refused: list[str] = []
         with open(self.manifest_path, "r", encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 try:
@@ -72,7 +78,10 @@ class ImageStore:
                     sha = rec["sha256"]
                     if not _HEX64.match(sha):
                         raise ValueError("bad sha256")
-                    path = self.root / rec["path"]
+                    path = self._inside(sha, rec["path"])
+                    if path is None:
+                        refused.append(str(rec["path"]))
+                        continue
                     if not path.is_file():
                         raise ValueError("missing file")
                 except (ValueError, KeyError, TypeError):
@@ -81,6 +90,18 @@ class ImageStore:
                 self._index(rec)
         if bad:
             log.warning("image store %s: skipped %d unusable manifest lines", self.root, bad)
+        self.refused_paths = len(refused)
+        if refused:
+            log.warning("image store %s: refused %d manifest entries whose path leads outside the store's "
+                        "images/ (first: %r)", self.root, len(refused), refused[0])
+
+    def _inside(self, sha: str, rel: Any) -> Path | None:
+        """The resolved file of a manifest ``path``, or None unless it is ``images/<ab>/<sha>.<ext>``
+        and resolves (through any symlinks) to a file inside ``images/``."""
+        if not isinstance(rel, str) or not re.fullmatch(rf"images/{sha[:2]}/{sha}\.[a-z0-9]{{1,5}}", rel):
+            return None
+        path = (self.root / rel).resolve()
+        return path if path.is_relative_to(self.images_dir.resolve()) else None
 
     def _index(self, rec: Mapping[str, Any]) -> None:
         sha = rec["sha256"]
