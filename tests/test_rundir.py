@@ -103,7 +103,7 @@ def test_damaged_old_log_line_is_quarantined_never_truncated(reference, tmp_path
     ref_lines = (reference[1] / "queries.jsonl").read_bytes().splitlines(keepends=True)
     _as_killed_after_iteration(run, 2)  # resumes at step 8 of 12
     lines = list(ref_lines)
-    lines[2] = b'{"step": 3, "iteration": 0, "act' + b"\xff garbage\n"  # line 3 of 12, long before the checkpoint
+    lines[2] = b'{"step": 3, "iteration": 0, "act#garbage\n'  # line 3 of 12, long before the checkpoint
     (run / "queries.jsonl").write_bytes(b"".join(lines))
     capsys.readouterr()
     assert _explore(cfg, run, "--resume") == 0
@@ -141,13 +141,15 @@ def test_query_log_keeps_intact_records_and_cuts_only_a_torn_tail(tmp_path, caps
     log = QueryLog(tmp_path / "queries.jsonl")
     recs = [{"step": i, "x": i * 0.5} for i in range(1, 6)]
     body = [json.dumps(r).encode() + b"\n" for r in recs]
-    log.path.write_bytes(body[0] + b"not json\n" + b"".join(body[1:4]) + b"[1, 2]\n" + body[4] + b'{"step": 6, "x"')
+    log.path.write_bytes(body[0] + b"not json\n" + b"".join(body[1:4]) + b"[1, 2]\n" + b"\xff\xfe{\n" + body[4]
+                         + b'{"step": 6, "x"')
     assert log.read() == recs
     assert log.path.read_bytes() == b"".join(body)
     q = [json.loads(x) for x in log.quarantine_path.read_text().splitlines()]
-    assert [(e["line"], e["raw"]) for e in q] == [(2, "not json"), (6, "[1, 2]")]
+    assert [(e["line"], e["raw"].encode("utf-8", "surrogateescape")) for e in q] == [
+        (2, b"not json"), (6, b"[1, 2]"), (7, b"\xff\xfe{")]
     assert "torn last line" in capsys.readouterr().err
-    assert log.read() == recs and log.quarantined() == 2  # nothing quarantined twice
+    assert log.read() == recs and log.quarantined() == 3  # nothing quarantined twice
     log.path.write_bytes(b"".join(body) + json.dumps({"step": 6}).encode())  # complete but for its newline
     assert log.read()[-1] == {"step": 6} and log.path.read_bytes().endswith(b'{"step": 6}\n')
 
@@ -363,7 +365,7 @@ def test_downloads_deleted_before_resume(tmp_path, capsys):
 def test_missing_config_yaml_keeps_both_guards(reference, tmp_path, capsys):
     cfg, run = _copy(reference, tmp_path)
     (run / "config.yaml").unlink()
-    (run / "run.lock").unlink()  # its config digest too: the checkpoint's still guards
+    (run / "run.lock").unlink(missing_ok=True)  # its config digest too: the checkpoint's still guards
     before = _snapshot(run)
     capsys.readouterr()
     assert _explore(cfg, run) == 2  # no --resume: never overwritten
