@@ -15,8 +15,6 @@ paper's GP sampler) draw a new batch of queries then.
 
 from __future__ import annotations
 
-import io
-import pickle
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,23 +89,29 @@ class Agent(ABC):
 
     # --- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where the agent stopped (RNG included)."""
+        """Everything needed to continue exactly where the agent stopped (RNG included), as plain
+        data: numbers, strings, lists, dicts, arrays and RNG state dicts (``bit_generator.state``),
+        never objects (checkpoints are read without unpickling). The default keeps the instance's
+        attributes, which suits agents whose attributes are plain data."""
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_ctx")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
     def save(self, path: str | Path) -> None:
-        buf = io.BytesIO()
-        pickle.dump({"class": type(self).__name__, "state": self.state_dict()}, buf)
+        """``state_dict()`` as an ``.npz`` of its arrays plus a JSON entry (no pickle), written atomically."""
         from ie_env.config import atomic_write_bytes
+        from ie_env.plain_state import dumps_npz
 
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, dumps_npz({"class": type(self).__name__, "state": self.state_dict()}))
 
-    def load(self, path: str | Path) -> "Agent":
-        with open(path, "rb") as fh:
-            blob = pickle.load(fh)
-        if blob.get("class") != type(self).__name__:
-            raise ValueError(f"{path} holds a {blob.get('class')} agent, not a {type(self).__name__}")
+    def load(self, path: str | Path) -> Agent:
+        """A state written by :meth:`save`; never unpickles (a pickle file is refused)."""
+        from ie_env.plain_state import loads_npz
+
+        blob = loads_npz(Path(path).read_bytes(), name=str(path))
+        if not isinstance(blob, dict) or blob.get("class") != type(self).__name__:
+            got = blob.get("class") if isinstance(blob, dict) else None
+            raise ValueError(f"{path} holds a {got} agent, not a {type(self).__name__}")
         self.load_state_dict(blob["state"])
         return self

@@ -384,6 +384,23 @@ class SlateRandomAgent(Agent):
     def act(self, obs: Any, info: dict[str, Any] | None = None) -> int:
         return int(self.mode.candidates[int(self.rng.integers(self.mode.K))])
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": self.history.state_dict(),
+            "mode_rng": self.mode.rng.bit_generator.state,
+            "rng": self.rng.bit_generator.state,
+            "candidates": self.mode.candidates,
+            "from_neighbors": getattr(self.mode, "from_neighbors", None),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = EpisodeHistory.from_state(self._n, state["history"])
+        self.mode.rng.bit_generator.state = state["mode_rng"]
+        self.rng.bit_generator.state = state["rng"]
+        self.mode.candidates = np.asarray(state["candidates"])
+        if state.get("from_neighbors") is not None:
+            self.mode.from_neighbors = np.asarray(state["from_neighbors"])
+
     def action_distribution(self) -> np.ndarray | None:
         """Uniform over the current slate's slots."""
         return uniform_over(self.mode.candidates, self._n)

@@ -9,6 +9,7 @@ checkpoint sits in one) and is overridden by the ``--target-*`` flags. Prints on
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from dataclasses import replace
@@ -16,23 +17,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ie_env.config import ConfigError, from_dict, resolve
 from ie_env.evaluation.knn import knn_accuracies
 from ie_env.evaluation.linear_probe import linear_probe_accuracy
 from ie_env.learner.ssl import STATE_FORMAT, SSLConfig, SSLLearner
+from ie_env.plain_state import UnsafeFileError, load_torch_bytes
 from ie_env.targets import TargetConfig, TargetSet, load_target
 
 
-def load_learner(path: str | Path, device: str = "cpu") -> tuple[SSLLearner, dict[str, Any]]:
-    """The ``SSLLearner`` stored in ``path`` and the checkpoint's full state."""
+def load_learner(path: str | Path, device: str = "cpu", trust_pickle: bool = False) -> tuple[SSLLearner, dict[str, Any]]:
+    """The ``SSLLearner`` stored in ``path`` and the checkpoint's full state, read as plain data
+    (``weights_only``): a file that holds pickled objects is refused unless ``trust_pickle``. A
+    ``.sha256`` digest beside it (as ie-explore writes) must match."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"checkpoint {p} does not exist")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:
+        data = p.read_bytes()
+        digest = p.with_name(p.name + ".sha256")
+        if digest.is_file() and hashlib.sha256(data).hexdigest() != digest.read_text().strip():
+            raise ValueError(f"its sha256 does not match {digest.name} (corrupt or truncated)")
+        state = load_torch_bytes(data, trust_pickle=trust_pickle, name=f"checkpoint {p}")
+    except UnsafeFileError:
+        raise
+    except Exception as exc:  # any reader error of a damaged file
         raise ConfigError(f"cannot read checkpoint {p}: {exc}") from exc
     learner_state = state
     if isinstance(state, dict) and isinstance(state.get("env"), dict):
@@ -93,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--download", action="store_true", help="torchvision: fetch the dataset when absent")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--seed", type=int, default=0, help="linear-probe validation split seed")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load a checkpoint that holds pickled objects (unpickling can run code: only your own files)")
     return p.parse_args(argv)
 
 
@@ -107,7 +118,7 @@ def _run_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    learner, state = load_learner(args.checkpoint, args.device)
+    learner, state = load_learner(args.checkpoint, args.device, trust_pickle=args.trust_pickle)
     run_cfg = _run_config(args)
     tcfg = run_cfg.env.target
     over = {

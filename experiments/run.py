@@ -2,23 +2,21 @@
 
 The run directory holds ``config.yaml`` (resolved), ``queries.jsonl`` (append-only, one line per
 query, fsynced), ``downloads/`` (every query's images, content-addressed), ``checkpoints/`` (env,
-learner, replay, agent and RNG state after every iteration, each with a sha256 digest), ``tb/``
-(TensorBoard) and ``summary.json`` (with ``final_weights_sha256``). ``--resume`` continues a killed
-run: from the last good checkpoint, replaying the logged queries of the unfinished iteration from
-disk (no download, no scoring), then onwards; in deterministic mode the result is bit-identical to
-an uninterrupted run.
+learner, replay, agent and RNG state after every iteration as plain data, each with a sha256
+digest, the resolved config and its digest), ``tb/`` (TensorBoard), ``summary.json`` (with
+``final_weights_sha256``) and ``run.lock`` (held by the one process writing the directory).
+``--resume`` continues a killed run: from the last good checkpoint, replaying the logged queries of
+the unfinished iteration from disk (no download, no scoring), then onwards; in deterministic mode
+the result is bit-identical to an uninterrupted run. What survives what: ``docs/guarantees.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
-import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +28,17 @@ import yaml
 
 from agents.base import Agent, AgentContext
 from agents.registry import make_agent
+from experiments.rundir import (
+    CHECKPOINT_FORMAT,
+    Checkpoints,
+    QueryLog,
+    RunDirError,
+    RunLock,
+    config_digest,
+    start_over_hint,
+)
 from ie_env.bounds import out_of_memory_message
-from ie_env.config import ConfigError, atomic_write_bytes, atomic_write_text, resolve, to_dict
+from ie_env.config import ConfigError, atomic_write_text, resolve, to_dict
 from ie_env.env import EnvConfig, InternetExplorerEnv
 from ie_env.evaluation.linear_probe import linear_probe_accuracy
 from ie_env.extras import require
@@ -65,105 +72,14 @@ def agent_kwargs(cfg: RunConfig, name: str) -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Run-directory files
-# ---------------------------------------------------------------------------------------------
-class QueryLog:
-    """Append-only ``queries.jsonl``: every line flushed and fsynced before the next query."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def read(self) -> list[dict[str, Any]]:
-        """Complete records in order; a torn last line (killed mid-write) is dropped from the file."""
-        if not self.path.exists():
-            return []
-        raw = self.path.read_bytes()
-        records, good = [], 0
-        for line in raw.split(b"\n"):
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-            good += len(line) + 1
-        if good != len(raw):
-            with open(self.path, "r+b") as fh:
-                fh.truncate(good)
-        return records
-
-    def truncate_to(self, n: int) -> None:
-        keep = self.read()[:n]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
-
-    def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoints", "QueryLog", "RunConfig", "RunDirError", "Runner", "main",
+           "read_checkpoint", "weights_sha256"]
 
 
-class Checkpoints:
-    """``iter_XXXX.pt`` files written atomically, each with an ``iter_XXXX.pt.sha256`` digest.
-
-    The digest is written (atomically) before its checkpoint, so every checkpoint this class wrote is
-    verified on load; a truncated or corrupt one (torch.load reads bit-flipped tensor data silently)
-    is reported on stderr and the previous one is used. A checkpoint without a digest (older runs)
-    is accepted if it loads. ``IE_EXPLORE_KILL_AT=checkpoint_write:<iteration>`` is a test hook: the
-    process SIGKILLs itself halfway through writing that checkpoint.
-    """
-
-    def __init__(self, root: Path, keep: int) -> None:
-        self.root = root
-        self.keep = keep
-        root.mkdir(parents=True, exist_ok=True)
-        for tmp in root.glob(".iter_*"):  # temp files of writes a kill interrupted
-            tmp.unlink(missing_ok=True)
-
-    @staticmethod
-    def digest_path(path: Path) -> Path:
-        return path.with_name(path.name + ".sha256")
-
-    def save(self, iteration: int, state: dict[str, Any]) -> None:
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        data = buf.getvalue()
-        path = self.root / f"iter_{iteration:04d}.pt"
-        atomic_write_text(self.digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
-        if os.environ.get("IE_EXPLORE_KILL_AT") == f"checkpoint_write:{iteration}":
-            _die_mid_write(path, data)
-        atomic_write_bytes(path, data)
-        files = sorted(self.root.glob("iter_*.pt"))
-        for old in files[: -self.keep] if self.keep > 0 else []:
-            old.unlink()
-            self.digest_path(old).unlink(missing_ok=True)
-
-    def load_latest(self) -> dict[str, Any] | None:
-        for path in sorted(self.root.glob("iter_*.pt"), reverse=True):
-            try:
-                data = path.read_bytes()
-                digest = self.digest_path(path)
-                if digest.exists():
-                    want = digest.read_text().strip()
-                    got = hashlib.sha256(data).hexdigest()
-                    if got != want:
-                        raise ValueError(f"sha256 {got[:12]}... does not match its digest {want[:12]}...")
-                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-            except Exception as exc:  # truncated / corrupt: fall back to the previous one
-                print(f"[ie-explore] warning: checkpoint {path.name} is corrupt or truncated ({exc}); "
-                      "resuming from the previous one", file=sys.stderr)
-        return None
-
-
-def _die_mid_write(path: Path, data: bytes) -> None:
-    """Leave what a kill halfway through ``atomic_write_bytes(path, data)`` leaves, then SIGKILL."""
-    fd, _ = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data[: len(data) // 2])
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.kill(os.getpid(), signal.SIGKILL)
+def read_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any]:
+    """One ``iter_XXXX.pt`` of a run, verified against its digest and read without unpickling."""
+    p = Path(path)
+    return Checkpoints(p.parent, keep=0, trust_pickle=trust_pickle).load(p)
 
 
 def _hash_update(h: Any, obj: Any) -> None:
@@ -209,6 +125,23 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    out = []
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
 def _note_model_fidelity(agent: Agent, cfg: RunConfig) -> None:
     """A note on stderr when a trained model (``sb3:PATH``) learnt in another fidelity than this run's."""
     meta = getattr(agent, "meta", None)
@@ -224,42 +157,108 @@ def _note_model_fidelity(agent: Agent, cfg: RunConfig) -> None:
 class Runner:
     """Drives ``agent`` through ``env`` and writes the run directory."""
 
-    def __init__(self, cfg: RunConfig, logdir: str | os.PathLike, resume: bool = False, agent: Agent | None = None, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, logdir: str | os.PathLike, resume: bool = False, agent: Agent | None = None,
+                 progress: bool = True, trust_pickle: bool = False) -> None:
         self.cfg = cfg
         self.dir = Path(logdir)
         self.progress = progress
+        self._resume = resume
+        self._resume_state: dict[str, Any] | None = None
+        self.writer = None
+        self.lock: RunLock | None = None
         check_engine(cfg.env.engine)  # a missing API key or snapshot fails here, before the run dir is written
         # An unknown agent or unreadable model fails here too, before the run dir is written.
         self.agent = agent if agent is not None else make_agent(cfg.agent, **agent_kwargs(cfg, cfg.agent))
         _note_model_fidelity(self.agent, cfg)
-        self._prepare_dir(resume)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.env = InternetExplorerEnv(cfg.env, store_dir=str(self.dir / "downloads"))
-        ctx = AgentContext.from_env(self.env, seed=cfg.seed, with_ground_truth=self.agent.needs_ground_truth)
-        self.agent.setup(ctx)
+        self.resolved = _comparable(to_dict(cfg))
+        self.config_sha256 = config_digest(self.resolved)
         self.log = QueryLog(self.dir / "queries.jsonl")
-        self.ckpt = Checkpoints(self.dir / "checkpoints", cfg.keep_checkpoints)
+        self.ckpt = Checkpoints(self.dir / "checkpoints", cfg.keep_checkpoints, trust_pickle=trust_pickle)
+        created = _missing_dirs(self.dir)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.dir).acquire()  # one writer: from here on the directory is ours
+            self._resume_state = self._check_dir(resume)
+            if cfg.threads:
+                torch.set_num_threads(cfg.threads)
+            # The target, engine and world load here: a failure leaves the directory as it was.
+            self.env = InternetExplorerEnv(cfg.env, store_dir=str(self.dir / "downloads"))
+            self.env.target_class_names  # noqa: B018 - loads an image-folder / torchvision target now
+            ctx = AgentContext.from_env(self.env, seed=cfg.seed, with_ground_truth=self.agent.needs_ground_truth)
+            self.agent.setup(ctx)
+            self.ckpt.clean()
+            self.lock.write_meta({"pid": os.getpid(), "config_sha256": self.config_sha256})
+            if self._resume_state is not None:  # a fresh run writes it with its first checkpoint
+                self._write_config()
+        except BaseException:
+            self._undo_start(created)
+            raise
         self.history: dict[str, list] = {"mean_reward": [], "mean_true_relevance": [], "expected_true_relevance": [],
                                          "iteration_stats": []}
         self.coverage = {"relevant_concepts": set(), "new_relevant_images": 0, "classes_hit": set()}
-        self.writer = None
 
-    def _prepare_dir(self, resume: bool) -> None:
+    def _write_config(self) -> None:
+        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(self.resolved, sort_keys=False))
+
+    def _undo_start(self, created: list[Path]) -> None:
+        """After a failed start: release the lock and remove what this start created (the lock file
+        and empty folders in a directory that did not exist before), so nothing blocks a retry."""
+        lock, self.lock = self.lock, None
+        if created:
+            if lock is not None:
+                lock.path.unlink(missing_ok=True)
+            for sub in sorted((p for p in self.dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                _rmdir_if_empty(sub)
+            for d in created:
+                _rmdir_if_empty(d)
+        if lock is not None:
+            lock.release()
+
+    def close(self) -> None:
+        """Release the run directory (its lock); the OS does the same when the process dies."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def holds_run(self) -> bool:
+        """Whether the directory holds (part of) a run: its config, log, checkpoints or summary."""
+        d = self.dir
+        return (any((d / n).exists() for n in ("config.yaml", "queries.jsonl", "summary.json"))
+                or bool(self.ckpt.files()))
+
+    def _check_dir(self, resume: bool) -> dict[str, Any] | None:
+        """Refuse to overwrite a run, or to resume one under another config; the checkpoint to
+        resume from (None: start afresh)."""
+        if not resume:
+            if self.holds_run():
+                raise FileExistsError(
+                    f"{self.dir} already holds a run; pass --resume to continue it or choose another --logdir")
+            return None
         cfg_path = self.dir / "config.yaml"
-        resolved = _comparable(to_dict(self.cfg))
         if cfg_path.exists():
-            saved = yaml.safe_load(cfg_path.read_text())
-            if not resume:
-                raise FileExistsError(f"{self.dir} already holds a run; pass --resume to continue it or choose another --logdir")
-            diff = _diff_keys(saved, resolved)
-            if diff:
-                raise ConfigError(
-                    f"refusing to resume {self.dir}: its config differs in {', '.join(diff)}; "
-                    "resume with the same config or start a new --logdir"
-                )
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg_path, yaml.safe_dump(resolved, sort_keys=False))
+            self._refuse_other_config(yaml.safe_load(cfg_path.read_text()), "config.yaml")
+        state = self.ckpt.load_latest()
+        if state is not None and "config" in state:
+            self._refuse_other_config(state["config"], "its checkpoint")
+        # A checkpoint from before configs were kept in them (trusted by the user): the lock file's digest.
+        saved_digest = self.lock.read_meta().get("config_sha256") if state is not None and "config" not in state else None
+        if saved_digest not in (None, self.config_sha256):
+            raise ConfigError(f"refusing to resume {self.dir}: its config (sha256 {str(saved_digest)[:12]}... in "
+                              f"{self.lock.path.name}) differs from this one ({self.config_sha256[:12]}...); "
+                              "resume with the same config or start a new --logdir")
+        if state is None and self.log.path.exists() and self.log.read():
+            raise RunDirError(
+                f"refusing to resume {self.dir}: queries.jsonl holds {len(self.log.read())} records but there is "
+                f"no checkpoint to resume from; queries.jsonl is kept as it is; {start_over_hint(self.dir)}")
+        return state
+
+    def _refuse_other_config(self, saved: Any, where: str) -> None:
+        diff = _diff_keys(saved, self.resolved)
+        if diff:
+            raise ConfigError(
+                f"refusing to resume {self.dir}: its config ({where}) differs in {', '.join(diff)}; "
+                "resume with the same config or start a new --logdir"
+            )
 
     # --- logging --------------------------------------------------------------------------
     def _tb(self, purge_step: int | None):
@@ -348,6 +347,8 @@ class Runner:
             "history": self.history,
             "coverage": {k: (sorted(v) if isinstance(v, set) else v) for k, v in self.coverage.items()},
             "steps": info_steps,
+            "config": self.resolved,
+            "config_sha256": self.config_sha256,
         }
         self.ckpt.save(self.env.iteration, state)
 
@@ -358,9 +359,17 @@ class Runner:
             self.agent.setup(AgentContext.from_env(self.env, seed=self.cfg.seed, with_ground_truth=True))
 
     def _restore(self) -> tuple[np.ndarray, dict[str, Any]] | None:
-        state = self.ckpt.load_latest()
+        state, self._resume_state = self._resume_state, None
         if state is None:
             return None
+        store = self.env.store
+        keys = state["env"].get("cache_keys") or []
+        missing = [k for k in keys if store is not None and state["env"].get("cache") is None and k not in store]
+        if missing:
+            raise RunDirError(
+                f"refusing to resume {self.dir}: downloads/ lacks the images of {len(missing)} of the {len(keys)} "
+                "queries the checkpoint refers to (was it deleted or moved?); put it back to resume. queries.jsonl "
+                f"and checkpoints/ are kept as they are; {start_over_hint(self.dir)}")
         self.env.load_state_dict(state["env"])
         self._setup_ground_truth()
         self.agent.load_state_dict(state["agent"])
@@ -369,21 +378,44 @@ class Runner:
         self.coverage = {"relevant_concepts": set(cov["relevant_concepts"]), "new_relevant_images": cov["new_relevant_images"], "classes_hit": set(cov["classes_hit"])}
         return self.env._obs(), {"iteration_closed": True}
 
-    def run(self, resume: bool = False) -> dict[str, Any]:
+    def _replayable(self, records: list[dict[str, Any]], done_steps: int) -> list[dict[str, Any]]:
+        """The logged queries after the checkpoint (steps ``done_steps + 1``, ``+ 2``, ...) to replay.
+        Records after a gap in the steps (a damaged line of the unfinished iteration) cannot be
+        replayed in order: they are moved to the quarantine file, and those steps run again."""
+        replay = []
+        for i, r in enumerate(records):
+            if r["step"] <= done_steps:
+                continue
+            if r["step"] != done_steps + len(replay) + 1:
+                rest = [x for x in records[i:] if x["step"] > done_steps]
+                self.log.quarantine([{"after_step": done_steps + len(replay), "record": x} for x in rest],
+                                    "unreplayable (after a gap in the steps)")
+                self.log.rewrite([x for x in records if x["step"] <= done_steps] + replay)
+                break
+            replay.append(r)
+        return replay
+
+    def run(self, resume: bool | None = None) -> dict[str, Any]:
+        """The episode, from the checkpoint when resuming (default: as the Runner was made)."""
+        try:
+            return self._run(self._resume if resume is None else resume)
+        finally:
+            self.close()
+
+    def _run(self, resume: bool) -> dict[str, Any]:
         env, agent, cfg = self.env, self.agent, self.cfg
         restored = self._restore() if resume else None
         if restored is None:
-            self.log.truncate_to(0)
+            if self.log.read():  # never reached through _check_dir; a last guard against losing records
+                raise RunDirError(f"refusing to start {self.dir} afresh: queries.jsonl holds records")
             obs, info = env.reset(seed=cfg.seed)
             self._setup_ground_truth()
             self._checkpoint(0)
+            self._write_config()  # from here on the directory holds a run
         else:
             obs, info = restored
         done_steps = env.steps
-        records = self.log.read()
-        replay = records[done_steps:]
-        if len(records) > done_steps and not replay:
-            self.log.truncate_to(done_steps)
+        replay = self._replayable(self.log.read(), done_steps)
         self._tb(purge_step=None if restored is None else env.iteration + 1)
         iteration_records = []
         budget = cfg.env.query_budget
@@ -497,6 +529,7 @@ class Runner:
             "seconds_this_process": seconds,
             "counters_this_process": dict(env.counters),
             "replay_misses": env.replay_misses(),  # null unless engine.name=replay
+            "quarantined_log_lines": self.log.quarantined(),
         }
         for k in (10, 200):
             out[f"knn_accuracy_k{k}"] = [h[k] for h in knn if k in h]
@@ -513,6 +546,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--logdir", default=None, help="run directory (default runs/<agent>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --logdir where it stopped")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load checkpoints that hold pickled objects or lack a .sha256 digest (e.g. from older "
+                        "versions); unpickling can run code: only for files you wrote yourself")
     return p.parse_args(argv)
 
 
@@ -549,13 +585,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(args)
         logdir = args.logdir or f"runs/{cfg.agent}-seed{cfg.seed}"
-        runner = Runner(cfg, logdir, resume=args.resume, progress=not args.no_progress)
+        runner = Runner(cfg, logdir, resume=args.resume, progress=not args.no_progress, trust_pickle=args.trust_pickle)
         summary = runner.run(resume=args.resume)
-    except (ConfigError, FileExistsError, ValueError) as exc:
+    except (ConfigError, FileExistsError, ValueError) as exc:  # RunDirError included
         print(f"ie-explore: error: {exc}", file=sys.stderr)
         return 2
     except MemoryError:
         print(out_of_memory_message("ie-explore"), file=sys.stderr)
+        return 2
+    except OSError as exc:  # unwritable directory, disk full, ...: what was written before stays
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"ie-explore: error: {exc.strerror or exc}{where}. Nothing written before is lost; fix the cause "
+              "and run the same command again (with --resume if the run had started)", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("agent", "iterations", "queries", "knn_accuracy", "mean_true_relevance_per_iteration")}))
     print(f"run directory: {logdir}  (tensorboard --logdir {logdir}/tb)")

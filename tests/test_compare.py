@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from threadpoolctl import threadpool_limits
 
 from agents.baselines import RandomAgent
 from agents.registry import AGENTS
 from experiments.compare import aggregate, gap_closed, main, mean_std, results_table, run_metrics
-from experiments.run import RunConfig, Runner
+from experiments.run import RunConfig, Runner, read_checkpoint
 from experiments.target_only import _tiled_indices, target_only_from_run, trained_images_per_iteration
 from ie_env.config import from_dict
 from tests.conftest import latent_config, pixel_config
@@ -218,7 +217,7 @@ def _explore(run_dir: Path, env: dict, agent: str, agent_config: dict | None = N
 
 
 def _history(run_dir: Path) -> tuple[list[dict], dict]:
-    state = torch.load(sorted((run_dir / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    state = read_checkpoint(sorted((run_dir / "checkpoints").glob("*.pt"))[-1])
     return state["history"]["iteration_stats"], state["env"]["learner"]
 
 

@@ -14,7 +14,8 @@ import yaml
 from experiments.compare import load_compare_config
 from ie_env.config import resolve
 from experiments.eval import main as eval_main
-from experiments.run import build_config, main as run_main
+from experiments.run import build_config, read_checkpoint
+from experiments.run import main as run_main
 from tests.conftest import pixel_config
 from tests.test_targets import make_folder
 
@@ -62,7 +63,7 @@ def test_ie_eval_on_run_checkpoint_and_bare_state(folder_run, tmp_path, capsys):
     assert res["knn_accuracy"] == pytest.approx(summary["knn_accuracy"][-1])
     assert res["linear_probe_accuracy"] == pytest.approx(summary["linear_probe_accuracy"])
     bare = tmp_path / "learner.pt"
-    torch.save(torch.load(ckpt, weights_only=False)["env"]["learner"], bare)
+    torch.save(read_checkpoint(ckpt)["env"]["learner"], bare)
     assert eval_main(["--checkpoint", str(bare), "--target-kind", "imagefolder", "--root", str(root),
                       "--test-fraction", "0.5", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["knn_accuracy"] == res["knn_accuracy"]

@@ -196,6 +196,40 @@ def test_state_round_trip_draws_the_same_future_batches(tmp_path) -> None:
     assert a.stats()["temperature"] == b.stats()["temperature"]
 
 
+class _Planted:
+    """Unpickling this creates the file at ``path`` (how a planted pickle would run code)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_agent_state_files_hold_data_only(tmp_path) -> None:
+    """``Agent.save`` writes an npz of arrays plus JSON (RNG state dict included) that ``np.load``
+    reads with ``allow_pickle=False``; ``Agent.load`` refuses a pickle without unpickling it."""
+    from ie_env.plain_state import UnsafeFileError
+
+    X = embeddings(200, seed=3)
+    a = GPSamplerAgent(prior={"fit_hyperparameters": False})
+    a.setup(_ctx(X, 8, 5))
+    run(a, smooth_reward(X, seed=4), 8, 1, noise_seed=1)
+    a.save(tmp_path / "agent.state")
+    with np.load(tmp_path / "agent.state", allow_pickle=False) as z:
+        assert "__json__" in z.files
+    b = GPSamplerAgent().load(tmp_path / "agent.state")
+    b.setup(_ctx(X, 8, 5))
+    assert b.state_dict()["rng"] == a.state_dict()["rng"]
+    np.testing.assert_array_equal(b.state_dict()["batch"], a.state_dict()["batch"])
+    marker = tmp_path / "pickle_ran"
+    planted = tmp_path / "planted.pkl"
+    planted.write_bytes(pickle.dumps({"class": "GPSamplerAgent", "state": _Planted(str(marker))}))
+    with pytest.raises(UnsafeFileError, match="pickle"):
+        GPSamplerAgent().load(planted)
+    assert not marker.exists()
+
+
 def test_action_mask_is_honoured() -> None:
     X = embeddings(100)
     f = smooth_reward(X)

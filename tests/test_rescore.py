@@ -112,7 +112,7 @@ def test_gp_run_with_rescoring_end_to_end_is_deterministic(tmp_path):
 
     import yaml
 
-    from experiments.run import main
+    from experiments.run import main, read_checkpoint
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"env": latent_config(rescore_history=True), "threads": 1,
@@ -122,9 +122,7 @@ def test_gp_run_with_rescoring_end_to_end_is_deterministic(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert "rescored_rewards" not in json.dumps(summary)
     logged = [json.loads(line)["query_reward"] for line in (out / "queries.jsonl").read_text().splitlines()]
-    import torch
-
-    ckpt = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    ckpt = read_checkpoint(sorted((out / "checkpoints").glob("*.pt"))[-1])
     agent_rewards = ckpt["agent"]["rewards"]
     assert len(agent_rewards) == len(logged) == 12
     assert not np.allclose(agent_rewards[:4], logged[:4], atol=1e-6)  # first iteration: re-scored since

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from experiments.run import Checkpoints, main, weights_sha256
+from experiments.run import Checkpoints, RunDirError, main, read_checkpoint, weights_sha256
 from tests.conftest import latent_config, pixel_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_bad_input_is_refused_clearly(tmp_path, capsys):
 
 
 def _checkpoint_weights_hash(run: Path) -> str:
-    state = torch.load(sorted((run / "checkpoints").glob("iter_*.pt"))[-1], weights_only=False)
+    state = read_checkpoint(sorted((run / "checkpoints").glob("iter_*.pt"))[-1])
     return weights_sha256(state["env"]["learner"])
 
 
@@ -212,21 +212,29 @@ def test_checkpoints_verify_digest_and_clean_interrupted_writes(tmp_path, capsys
     raw = p3.read_bytes()
     pos = raw.index(struct.pack("<3f", 3.0, 3.0, 3.0))
     p3.write_bytes(raw[:pos] + struct.pack("<f", 4.0) + raw[pos + 4 :])
-    assert torch.load(p3, weights_only=False)["w"][0] == 4.0
+    assert torch.load(p3, weights_only=True)["w"][0] == 4.0
     capsys.readouterr()
     assert ck.load_latest()["it"] == 2
-    assert "iter_0003.pt is corrupt" in capsys.readouterr().err
-    # Without a digest (a run from before digests) a readable checkpoint is accepted.
+    err = capsys.readouterr().err
+    assert "iter_0003.pt is corrupt" in err and "previous one, iter_0002.pt" in err
+    # Without a digest a checkpoint is not trusted (ie-explore did not write it), unless the user says so.
     p3.write_bytes(raw)
     Checkpoints.digest_path(p3).unlink()
-    assert ck.load_latest()["it"] == 3
-    # An interrupted write leaves a hidden temp file; opening the folder again removes it.
+    with pytest.raises(RunDirError, match="no iter_0003.pt.sha256"):
+        ck.load_latest()
+    assert Checkpoints(root, keep=2, trust_pickle=True).load_latest()["it"] == 3
+    # An interrupted write leaves a hidden temp file; the writer opening the folder removes it.
     (root / ".iter_0004.pt.abc123").write_bytes(raw[:10])
-    Checkpoints(root, keep=2)
+    Checkpoints(root, keep=2).clean()
     assert not list(root.glob(".iter_*"))
-    # Nothing readable: a fresh start.
-    for p in root.glob("iter_*.pt"):
-        p.write_bytes(b"junk")
+    # Nothing readable: refused (never a silent fresh start), naming each damaged file.
+    p3.unlink()
+    (root / "iter_0002.pt").write_bytes(b"junk")
+    with pytest.raises(RunDirError, match="every checkpoint is damaged: iter_0002.pt") as err:
+        ck.load_latest()
+    assert "previous one" not in str(err.value) and "to start over" in str(err.value)
+    # An empty folder: nothing to resume from (a fresh start is for the caller to decide).
+    (root / "iter_0002.pt").unlink()
     assert ck.load_latest() is None
 
 

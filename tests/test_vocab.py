@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import sys
 from collections import Counter
 from pathlib import Path
@@ -230,12 +231,22 @@ def test_wordnet_reader_on_a_tiny_install(tmp_path):
         wnmod.load_wordnet_vocabulary(root=folder)
 
 
+class _Planted:
+    """Unpickling this creates the file at ``path`` (how a planted pickle would run code)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 def test_wordnet_parse_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("IE_ENV_CACHE", str(tmp_path / "cache"))
     folder = _tiny_install(tmp_path)
     first = wnmod.load_wordnet_vocabulary(root=folder)
-    files = list((tmp_path / "cache" / "wordnet").glob("*.pkl"))
-    assert len(files) == 1
+    files = list((tmp_path / "cache" / "wordnet").glob("*.json"))
+    assert len(files) == 1 and not list((tmp_path / "cache" / "wordnet").glob("*.pkl"))
     wnmod._vocabulary.cache_clear()
     real_read = wnmod._read
 
@@ -244,9 +255,15 @@ def test_wordnet_parse_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(wnmod, "_read", no_parse)
     assert wnmod.load_wordnet_vocabulary(root=folder).texts == first.texts  # served by the cache
-    files[0].write_bytes(b"\x80\x04 not a pickle")  # corrupt: re-parsed and rewritten
+    # A planted pickle whose loading would create a marker file: never unpickled, re-parsed instead.
+    marker = tmp_path / "pickle_ran"
+    files[0].write_bytes(pickle.dumps(_Planted(str(marker))))
     wnmod._vocabulary.cache_clear()
     monkeypatch.setattr(wnmod, "_read", real_read)
+    assert wnmod.load_wordnet_vocabulary(root=folder).texts == first.texts
+    assert not marker.exists()
+    files[0].write_bytes(b"{\"format\": 2, \"rows\": [")  # corrupt: re-parsed and rewritten
+    wnmod._vocabulary.cache_clear()
     assert wnmod.load_wordnet_vocabulary(root=folder).texts == first.texts
     wnmod._vocabulary.cache_clear()
     monkeypatch.setattr(wnmod, "_read", no_parse)

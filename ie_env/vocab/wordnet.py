@@ -15,9 +15,9 @@ a root synset (``entity.n.01``) has no hypernym part.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-import pickle
 import re
 import sys
 import zipfile
@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ie_env.config import atomic_write_bytes
+from ie_env.config import atomic_write_text
 from ie_env.vocab.base import Concept, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ def _senses(wn: WordNetNouns, s: NounSynset) -> Iterator[str]:
             yield lemma
 
 
-_ROWS_FORMAT = 1
+_ROWS_FORMAT = 2  # 2: JSON (1 was a pickle, never read again)
 Row = tuple[str, str, str, str, str]  # name, lemma, hypernym, gloss, lexname
 
 
@@ -317,7 +317,7 @@ def _rows_cache_file(path: str) -> Path | None:
             return None
         parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
-    return default_cache_dir() / "wordnet" / f"nouns-{key}.pkl"
+    return default_cache_dir() / "wordnet" / f"nouns-{key}.json"
 
 
 def _cached_rows(path: str, use_cache: bool) -> list[Row]:
@@ -325,18 +325,19 @@ def _cached_rows(path: str, use_cache: bool) -> list[Row]:
     cache = _rows_cache_file(path) if use_cache else None
     if cache is not None and cache.is_file():
         try:
-            with open(cache, "rb") as fh:
-                payload = pickle.load(fh)
+            payload = json.loads(cache.read_bytes())
             if (isinstance(payload, dict) and payload.get("format") == _ROWS_FORMAT
-                    and payload.get("root") == path and isinstance(payload.get("rows"), list)):
-                return payload["rows"]
-        except Exception as e:  # a corrupt cache is rebuilt, never fatal
+                    and payload.get("root") == path and isinstance(payload.get("rows"), list)
+                    and all(isinstance(r, list) and len(r) == 5 and all(isinstance(x, str) for x in r)
+                            for r in payload["rows"])):
+                return [tuple(r) for r in payload["rows"]]
+            log.warning("WordNet cache %s is not a rows cache of this version; re-parsing", cache)
+        except (OSError, ValueError) as e:  # a corrupt cache is rebuilt, never fatal
             log.warning("WordNet cache %s is unreadable (%s); re-parsing", cache, e)
     rows = _all_rows(_read(path))
     if cache is not None:
         try:
-            atomic_write_bytes(cache, pickle.dumps(
-                {"format": _ROWS_FORMAT, "root": path, "rows": rows}, protocol=pickle.HIGHEST_PROTOCOL))
+            atomic_write_text(cache, json.dumps({"format": _ROWS_FORMAT, "root": path, "rows": rows}))
         except OSError as e:
             log.info("could not write WordNet cache %s: %s", cache, e)
     return rows
@@ -374,7 +375,7 @@ def load_wordnet_vocabulary(root: str | os.PathLike | None = None, lexnames: Seq
     ``lexnames`` keeps only those lexicographer files (``["noun.animal"]``); ``under`` keeps only the
     hyponym subtrees (instances included) of the named synsets. The root is ``root``, else
     ``$IE_ENV_WORDNET``, else NLTK's data folders, else ``/usr/share/wordnet``. The parsed senses
-    are cached (pickle, keyed by file size and mtime) under ``$IE_ENV_CACHE``/``~/.cache/ie_env``
+    are cached (JSON, keyed by file size and mtime) under ``$IE_ENV_CACHE``/``~/.cache/ie_env``
     unless ``cache=False``.
     """
     path = str(find_wordnet_root(root).resolve())
