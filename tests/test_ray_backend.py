@@ -28,7 +28,7 @@ from ie_env.config import ConfigError
 ray = pytest.importorskip("ray")
 
 TASK = "IELatent-Easy-v1"
-ARGS = ["--suite", TASK, "--agents", "random,uniform", "--seeds", "2", "--bootstrap-reps", "200", "--quiet"]
+ARGS = ["--suite", TASK, "--agents", "random,uniform", "--seeds", "1", "--bootstrap-reps", "200", "--quiet"]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -162,7 +162,7 @@ def test_ray_results_equal_the_pool_and_survive_a_killed_worker_node(cluster, po
     assert killed_with_unfinished, "no run was seen in flight: " + text[-2000:]
     assert driver.returncode == 0, text[-3000:]
     res = json.loads((out / "results.json").read_text())
-    assert res["failed_runs"] == [] and len(res["runs"]) == 4
+    assert res["failed_runs"] == [] and len(res["runs"]) == 2
     assert _comparable(res) == pool_results
     for run in runs.glob("*/seed*"):  # every run finished, its log whole (a retried run resumed or restarted)
         summary = json.loads((run / "summary.json").read_text())
