@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--render-workers", type=int, default=None, help="render processes (default min(16, CPUs); 1 with --tiny)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ddp", action="store_true", help="under torchrun: SSL with DDP, --batch-size the global batch split "
+                   "over the processes (every process renders and scores the same images; rank 0 prints)")
     args = p.parse_args(argv)
     tiny = args.tiny
     defaults = {
@@ -135,6 +137,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ddp:
+        from ie_env.learner.distributed import init_from_env
+
+        init_from_env("nccl" if args.device != "cpu" and torch.cuda.is_available() else "gloo")
     name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -179,6 +185,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ssl_over.update(hidden_dim=256, proj_dim=64)
     cfg = SSLConfig.paper(**ssl_over)
     learner = SSLLearner(cfg)
+    if args.ddp:
+        from ie_env.learner.distributed import DistributedSSLLearner
+
+        learner = DistributedSSLLearner(learner)  # type: ignore[assignment]
     _sync(device)
     learner_seconds = time.perf_counter() - t
 
@@ -286,7 +296,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    print(json.dumps(run(args), indent=2))
+    res = run(args)
+    if args.ddp:
+        res["processes"] = torch.distributed.get_world_size()
+        if torch.distributed.get_rank() != 0:
+            return 0
+    print(json.dumps(res, indent=2))
     return 0
 
 

@@ -210,6 +210,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--resume", action="store_true", help="keep finished runs in --out, run the others")
     g.add_argument("--overwrite", action="store_true", help="delete earlier results in --out first")
     p.add_argument("--quiet", action="store_true")
+    from experiments.ray_backend import add_ray_arguments
+
+    add_ray_arguments(p)
     return p.parse_args(argv)
 
 
@@ -233,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         check_agents(agents, tasks, user_cfg)
         if (out / "runs").exists() and not (args.resume or args.overwrite):
             raise FileExistsError(f"{out} holds an earlier benchmark; pass --resume or --overwrite")
+        from experiments.ray_backend import executor_from_args
+
+        executor = executor_from_args(args)  # last check: a bad --ray address leaves nothing started
     except (ConfigError, FileExistsError, ValueError) as exc:
         print(f"ie-benchmark: error: {exc}", file=sys.stderr)
         return 2
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers if args.workers is not None else max(1, min(len(todo), cpus))
     threads = args.threads or max(1, cpus // max(workers, 1))
     t0 = time.time()
-    outcomes = execute_all(todo, workers, threads, quiet=args.quiet)
+    outcomes = execute_all(todo, workers, threads, quiet=args.quiet, executor=executor)
     res = collect(out, tasks, agents, seeds, args.transfer, outcomes, args.bootstrap_reps, args.bootstrap_seed)
     res["seconds"] = time.time() - t0
     res["command"] = "ie-benchmark " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -313,8 +313,11 @@ def _log(msg: str, quiet: bool) -> None:
         print(f"[ie-compare] {msg}", file=sys.stderr, flush=True)
 
 
-def execute_all(specs: list[RunSpec], workers: int, threads: int, quiet: bool = False) -> dict[str, dict[str, Any]]:
-    """Run ``specs``: ``workers`` >= 1 worker processes, or 0 for in-process, one after another.
+def execute_all(specs: list[RunSpec], workers: int, threads: int, quiet: bool = False,
+                executor: Any = None) -> dict[str, dict[str, Any]]:
+    """Run ``specs``: ``workers`` >= 1 worker processes, or 0 for in-process, one after another; or,
+    given an ``executor`` (``submit(fn, *args) -> Future``, ``slots``, ``shutdown()``; e.g.
+    :class:`experiments.ray_backend.RayExecutor`), on it, ``executor.slots`` runs in flight.
 
     A target-only run starts once the run it is matched to has finished; if that run failed, the
     target-only run is reported failed too. A worker process that dies fails the runs it held.
@@ -347,8 +350,10 @@ def execute_all(specs: list[RunSpec], workers: int, threads: int, quiet: bool = 
                 finish(d, {"status": "failed", "error": f"its compute-matched run {s.key} failed", "seconds": 0.0})
 
     if not ready:
+        if executor is not None:
+            executor.shutdown()
         return outcomes
-    if workers <= 0:
+    if workers <= 0 and executor is None:
         while ready:
             s = ready.popleft()
             finish(s, execute_run(s, match_dir(s)))
@@ -358,7 +363,12 @@ def execute_all(specs: list[RunSpec], workers: int, threads: int, quiet: bool = 
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, os.getpid()))
+
+    def new_pool() -> Any:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, os.getpid()))
+
+    pool = executor if executor is not None else new_pool()
+    workers = executor.slots if executor is not None else workers
     in_flight: dict[Any, RunSpec] = {}
     try:
         while ready or in_flight:
@@ -387,7 +397,7 @@ def execute_all(specs: list[RunSpec], workers: int, threads: int, quiet: bool = 
                                    "error": "a worker process died while this run was in flight; rerun with --resume"})
                 in_flight.clear()
                 pool.shutdown(wait=True, cancel_futures=True)
-                pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, os.getpid()))
+                pool = new_pool()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return outcomes
@@ -630,6 +640,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--resume", action="store_true", help="keep finished runs in --out, run the missing or unfinished ones")
     g.add_argument("--overwrite", action="store_true", help="delete earlier results in --out first")
     p.add_argument("--quiet", action="store_true")
+    from experiments.ray_backend import add_ray_arguments
+
+    add_ray_arguments(p)
     return p.parse_args(argv)
 
 
@@ -637,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit 0: all runs finished; 1: some runs failed (reported in results.json); 2: bad input."""
     args = parse_args(argv)
     out = Path(args.out)
+    executor = None
     try:
         cfg, settings = load_compare_config(args.config, args.overrides)
         if args.agents is not None:
@@ -662,8 +676,13 @@ def main(argv: list[str] | None = None) -> int:
             match_label(agents, settings)
         if args.workers is not None and args.workers < 0 or args.threads is not None and args.threads < 1:
             raise ConfigError("--workers must be >= 0 and --threads >= 1")
+        from experiments.ray_backend import executor_from_args
+
+        executor = executor_from_args(args)  # before any file is written: a bad --ray leaves nothing
         prepare_out(out, cfg, args.overwrite, args.resume)
     except (ConfigError, FileExistsError, ValueError) as exc:
+        if executor is not None:
+            executor.shutdown()
         print(f"ie-compare: error: {exc}", file=sys.stderr)
         return 2
 
@@ -673,8 +692,9 @@ def main(argv: list[str] | None = None) -> int:
     cpus = cpu_count()
     workers = args.workers if args.workers is not None else max(1, min(len(todo), cpus))
     threads = args.threads or max(1, cpus // max(workers, 1))
-    _log(f"{len(specs) - len(todo)} runs finished earlier, {len(todo)} to run with {workers} workers x {threads} threads", args.quiet)
-    outcomes = execute_all(todo, workers, threads, quiet=args.quiet)
+    where = f"Ray ({executor.cpus} CPUs)" if executor else f"{workers} workers x {threads} threads"
+    _log(f"{len(specs) - len(todo)} runs finished earlier, {len(todo)} to run on {where}", args.quiet)
+    outcomes = execute_all(todo, workers, threads, quiet=args.quiet, executor=executor)
 
     reference = world_reference(cfg)
     res = collect(out, cfg, agents, settings, outcomes, reference)
