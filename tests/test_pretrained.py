@@ -187,3 +187,13 @@ def test_pretrain_on_a_local_image_folder(cache, run_yaml, tmp_path, capsys):
     assert info["ssl_init"]["init"] == "path" and info["ssl_init"]["hash"] == meta["hash"]
     assert pretrain_cli.main(["--config", str(run_yaml), "--source", str(tmp_path / "none")]) == 2
     assert "ie-pretrain: error" in capsys.readouterr().err
+
+
+def test_a_task_trains_and_evaluates_from_the_same_start(cache, capsys):
+    from ie_env.suite import eval_config, task_config
+
+    tid = "IEPixels-Standard-v1"
+    path = world_artifact_path(task_config(tid))[0]
+    assert world_artifact_path(eval_config(tid))[0] == path  # held-out episodes load what training loaded
+    assert pretrain_cli.main(["--task", tid, "--print-path"]) == 0
+    assert f"{path}  (missing)" in capsys.readouterr().out

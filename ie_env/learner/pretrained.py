@@ -44,7 +44,7 @@ _NOT_IN_RECIPE = frozenset({
 class PretrainConfig:
     """The pretraining budget of ``ssl.init: pretrained`` (part of the artifact hash)."""
 
-    steps: int = 1000  # SSL steps of ``ssl.batch_size`` images (~15 min for resnet18 at 32 px on 2 cores)
+    steps: int = 1425  # SSL steps of ``ssl.batch_size`` images (~15 min for resnet18 at 32 px on 2 idle cores)
     images_per_concept: int = 40  # distinct renders per training concept (2,458 concepts x 40 = 98k)
     seed: int = 0  # initial weights, augmentations and the order of images
 
