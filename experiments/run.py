@@ -58,6 +58,9 @@ class RunConfig:
     keep_checkpoints: int = 2
     threads: int = 0  # torch threads; 0 = torch's default
     task: str = ""  # a suite task id (ie_env.suite) this run evaluates: kept in summary.json and hparams
+    # Reward-quality figures (ie_env.evaluation.reward_quality) after reset and every iteration, on a panel
+    # of the relevant concepts plus this many others (-1: the whole vocabulary; 0: off).
+    reward_quality: int = 0
 
 
 def agent_kwargs(cfg: RunConfig, name: str) -> dict[str, Any]:
@@ -196,6 +199,12 @@ class Runner:
         self.history: dict[str, list] = {"mean_reward": [], "mean_true_relevance": [], "expected_true_relevance": [],
                                          "iteration_stats": []}
         self.coverage = {"relevant_concepts": set(), "new_relevant_images": 0, "classes_hit": set()}
+        self.writer = None
+        self.rq = None
+        if cfg.reward_quality:
+            from ie_env.evaluation.reward_quality import RewardQualityProbe
+
+            self.rq = RewardQualityProbe(self.env, sample=cfg.reward_quality)
 
     def _write_config(self) -> None:
         atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(self.resolved, sort_keys=False))
@@ -339,6 +348,22 @@ class Runner:
         t = torch.from_numpy(rows).permute(0, 3, 1, 2).float() / 255.0
         return vutils.make_grid(t, nrow=len(order), padding=1)
 
+    def _log_reward_quality(self) -> None:
+        """Measure the reward-quality figures now; TensorBoard ``reward_quality/*`` and the history."""
+        m = self.rq.measure()
+        self.history.setdefault("reward_quality", []).append(m)
+        w = self._tb(None)
+        for k, v in m.items():
+            if k != "iteration" and v is not None and np.isfinite(v):
+                w.add_scalar(f"reward_quality/{k}", float(v), m["iteration"])
+        w.flush()
+
+    def _start_reward_quality(self, records: list[dict[str, Any]]) -> None:
+        """Fix the panel and reset the latent twin; after a resume, replay the done queries into it."""
+        self.rq.start(self.cfg.seed)
+        for r in records:
+            self.rq.follow(r["action"])
+
     # --- main loop ------------------------------------------------------------------------
     def _checkpoint(self, info_steps: int) -> None:
         state = {
@@ -410,12 +435,19 @@ class Runner:
                 raise RunDirError(f"refusing to start {self.dir} afresh: queries.jsonl holds records")
             obs, info = env.reset(seed=cfg.seed)
             self._setup_ground_truth()
+            if self.rq is not None:
+                self._start_reward_quality([])
+                self._tb(purge_step=None)
+                self._log_reward_quality()
             self._checkpoint(0)
             self._write_config()  # from here on the directory holds a run
         else:
             obs, info = restored
         done_steps = env.steps
-        replay = self._replayable(self.log.read(), done_steps)
+        records = self.log.read()
+        if self.rq is not None and restored is not None:
+            self._start_reward_quality([r for r in records if r["step"] <= done_steps])
+        replay = self._replayable(records, done_steps)
         self._tb(purge_step=None if restored is None else env.iteration + 1)
         iteration_records = []
         budget = cfg.env.query_budget
@@ -458,12 +490,16 @@ class Runner:
                 }
                 self.log.append(record)
             agent.observe(action, reward, obs, info)
+            if self.rq is not None:
+                self.rq.follow(info["action"])
             self._note_query(info)
             iteration_records.append(record)
             if pbar is not None:
                 pbar.update(1)
             if info["iteration_closed"]:
                 self._log_iteration(info["iteration_stats"], iteration_records)
+                if self.rq is not None:
+                    self._log_reward_quality()
                 iteration_records = []
                 self._checkpoint(env.steps)
                 if pbar is not None and env.knn_history:
@@ -526,6 +562,8 @@ class Runner:
             "world_hash": env.world.fingerprint(),
             **task_record(self.cfg.task),
             "final_weights_sha256": weights_sha256(env.learner.state_dict()),
+            "ssl_init": dict(getattr(env.learner, "init_record", None) or {}) or None,
+            "reward_quality_per_iteration": self.history.get("reward_quality", []),
             "seconds_this_process": seconds,
             "counters_this_process": dict(env.counters),
             "replay_misses": env.replay_misses(),  # null unless engine.name=replay

@@ -259,7 +259,28 @@ class InternetExplorerEnv(gym.Env):
         ssl_cfg = copy.deepcopy(self.config.ssl)
         ssl_cfg.image_size = self.config.world.image_size
         ssl_cfg.seed = int(self._episode_seed)
-        return SSLLearner(ssl_cfg)
+        rebuild = ""
+        if ssl_cfg.init == "pretrained":
+            ssl_cfg.init, rebuild = self._pretrained_start()
+        learner = SSLLearner(ssl_cfg, init_rebuild=rebuild)
+        if self.config.ssl.init == "pretrained":
+            learner.init_record["init"] = "pretrained"
+        return learner
+
+    def _pretrained_start(self) -> tuple[str, str]:
+        """``(path, rebuild command)`` of the ``ssl.init: pretrained`` artifact of this env's world,
+        backbone and recipe (resolved once per env)."""
+        if self._web is not None or self.config.target.kind != "embedded":
+            raise ConfigError("ssl.init: 'pretrained' is the embedded world's start; for a corpus or real target, "
+                              "build one with `ie-pretrain --source FOLDER_OR_CORPUS` and set ssl.init to its path")
+        if getattr(self, "_pretrained_memo", None) is None:
+            from ie_env.learner.pretrained import BUILD_COMMAND, world_artifact_path
+
+            path, _ = world_artifact_path(self.config)
+            task = getattr(self, "task_id", "")
+            how = f"{BUILD_COMMAND} --task {task}" if task else f"{BUILD_COMMAND} with this env's config (--config/--set)"
+            self._pretrained_memo = (str(path), how)
+        return self._pretrained_memo
 
     def _external_target(self) -> TargetSet:
         """The configured image-folder / torchvision target set, loaded once."""
@@ -337,6 +358,8 @@ class InternetExplorerEnv(gym.Env):
         if self.config.evaluate and self._full_info:
             self.knn_history.append(self.evaluate())
         info: dict[str, Any] = {"knn_accuracy": self.knn_history[-1] if self.knn_history else None}
+        if not self._latent:
+            info["ssl_init"] = dict(self.learner.init_record)
         if self.target_sampler is not None:
             info["target_theme"] = self.target_theme
         return self._observe(), info

@@ -38,6 +38,7 @@ from ie_env.learner.dino import DINO, auto_out_dim, cosine_momentum
 from ie_env.learner.ibot import is_token_backbone
 from ie_env.learner.lars import LARS
 from ie_env.learner.moco import MoCoV3
+from ie_env.learner.pretrained import BUILD_COMMAND, PretrainConfig, apply_init
 
 STATE_FORMAT = "ie_env.SSLLearner/1"
 # MoCo-v3's colour jitter (brightness, contrast, saturation, hue); ``color_jitter`` scales it.
@@ -53,6 +54,10 @@ class SSLConfig:
     backbone: str = "resnet18"
     pretrained: bool = False  # timm/HF-hub weights (needs network or a warm cache)
     checkpoint: str | None = None  # local weights for the backbone (timm, MoCo-v3 or SSLLearner state)
+    # The start point (ie_env.learner.pretrained): "scratch" (timm's init), "pretrained" (the artifact
+    # `ie-pretrain` builds for the env's world, backbone and recipe) or the path of a weights file.
+    init: str = "scratch"
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # the budget of "pretrained"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {drop_path_rate: 0.1}
     image_size: int = 32
     # Optimisation.
@@ -153,6 +158,12 @@ class SSLConfig:
         need(self.eval_batch_size >= 1 and self.lr_warmup_steps >= 0, "eval_batch_size >= 1, lr_warmup_steps >= 0")
         need(self.grad_clip is None or self.grad_clip > 0, "grad_clip must be > 0 or null")
         need(self.num_threads is None or self.num_threads >= 1, "num_threads must be >= 1 or null")
+        need(isinstance(self.init, str) and bool(self.init.strip()), "init must be scratch, pretrained or a file path")
+        need(self.init == "scratch" or not self.checkpoint,
+             f"set ssl.init ({self.init!r}) or ssl.checkpoint ({self.checkpoint!r}), not both")
+        if isinstance(self.pretrain, dict):  # a plain mapping given to the constructor
+            self.pretrain = PretrainConfig(**self.pretrain)
+        self.pretrain.validate()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -283,7 +294,9 @@ def _to_cpu(obj: Any) -> Any:
 class SSLLearner(Learner):
     """MoCo-v3 / DINO learner on uint8 image arrays (see module docstring)."""
 
-    def __init__(self, cfg: SSLConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, cfg: SSLConfig | None = None, init_rebuild: str = "", **overrides: Any) -> None:
+        """``init_rebuild``: the command that rebuilds ``cfg.init``'s file, named when it is missing or corrupt
+        (the env passes it for ``init: pretrained``, which it resolves to the artifact's path)."""
         cfg = cfg or SSLConfig()
         if overrides:
             cfg = replace(cfg, **overrides)
@@ -336,6 +349,7 @@ class SSLLearner(Learner):
                     cfg.ibot_mask_ratio,
                     cfg.ibot_mask_prob,
                 )
+        self.init_record = self._load_init(init_rebuild)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -345,6 +359,18 @@ class SSLLearner(Learner):
         self.updates = 0
 
     # ----------------------------------------------------------------------------- construction
+    def _load_init(self, rebuild: str) -> dict[str, Any]:
+        """Apply ``cfg.init``; returns what a run records of its start."""
+        init = self.cfg.init
+        if init == "scratch":
+            return {"init": "scratch"}
+        if init == "pretrained":
+            raise ConfigError(
+                "ssl.init: 'pretrained' names the artifact of an env's world; build the learner through the env "
+                f"(InternetExplorerEnv resolves it) or give the file's path (`{BUILD_COMMAND}` prints it)")
+        rec = apply_init(self.model, init, self.cfg.backbone, self.cfg.image_size, self.cfg.objective, rebuild)
+        return {"init": "path", **rec}
+
     def _view_specs(self) -> list[ViewSpec]:
         c = self.cfg
         jitter = tuple(c.color_jitter * j for j in BASE_JITTER)
