@@ -26,6 +26,8 @@ __all__ = [
     "DEFAULT_REPS",
     "MIN_SEEDS",
     "PAIRED_METRICS",
+    "benchmark_paired",
+    "benchmark_paired_markdown",
     "bootstrap_mean_ci",
     "comparison_pairs",
     "paired_comparisons",
@@ -146,3 +148,22 @@ def paired_markdown(paired: dict[str, Any] | None, title: str = "Paired differen
     if reasons:
         lines.append("Intervals omitted: " + "; ".join(sorted(reasons)) + ".")
     return "\n".join(lines) + "\n"
+
+
+def benchmark_paired(res: dict[str, Any], reps: int = DEFAULT_REPS, seed: int = 0) -> dict[str, Any]:
+    """Per task of an ``ie-benchmark`` result: every agent minus every baseline agent, paired by
+    held-out episode (seed ``s`` is the same target and initial weights for every agent)."""
+    out = {}
+    for task, agents in res["per_task"].items():
+        per_seed = {a: e.get("episodes", {}) for a, e in agents.items()}
+        out[task] = paired_comparisons(per_seed, list(agents), res.get("agent_names", {}), reps=reps, seed=seed)
+    return out
+
+
+def benchmark_paired_markdown(paired: dict[str, Any]) -> str:
+    """One :func:`paired_markdown` table per task that has comparisons with any value."""
+    parts = []
+    for task, p in paired.items():
+        if any(r[m]["n"] for r in p["comparisons"] for m in p["metrics"]):
+            parts.append(paired_markdown(p, title=f"{task}: paired differences"))
+    return "".join(parts)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from experiments.paired import (
+    benchmark_paired,
+    benchmark_paired_markdown,
     bootstrap_mean_ci,
     comparison_pairs,
     paired_comparisons,
@@ -88,3 +90,22 @@ def test_paired_comparisons_and_table():
     assert "| gp − random | +0.043 [-0.020, +0.100] (n = 3) | +0.150 (n = 2, no interval) |" in table
     assert "2 paired seeds; a bootstrap interval needs at least 3" in table
     assert paired_markdown(None) == "" and not math.isnan(res["bootstrap"]["reps"])
+
+
+def test_benchmark_pairs_agents_by_held_out_episode_per_task():
+    ep = lambda knn, probe: {"final_knn_accuracy": knn, "linear_probe_accuracy": probe}
+    res = {"agent_names": {"gp": "gp", "random": "random", "oracle": "oracle"},
+           "per_task": {"px": {"gp": {"episodes": {"0": ep(0.4, 0.5), "1": ep(0.5, 0.5), "2": ep(0.6, 0.8)}},
+                               "random": {"episodes": {"0": ep(0.3, 0.5), "1": ep(0.5, 0.4), "2": ep(0.5, 0.5)}},
+                               "oracle": {"episodes": {"0": ep(0.5, 0.6), "1": ep(None, None)}}},
+                        "lat": {"gp": {"episodes": {"0": ep(None, None)}}, "random": {"episodes": {"0": ep(None, None)}},
+                                "oracle": {"episodes": {}}}}}
+    paired = benchmark_paired(res, reps=4000, seed=0)
+    px = {(r["agent"], r["baseline"]): r for r in paired["px"]["comparisons"]}
+    assert list(px) == [("gp", "random"), ("oracle", "random")]
+    knn = px[("gp", "random")]["final_knn_accuracy"]
+    assert knn["differences"] == pytest.approx([0.1, 0.0, 0.1]) and knn["mean"] == pytest.approx(0.2 / 3)
+    assert (knn["low"], knn["high"]) == (pytest.approx(0.0), pytest.approx(0.1))
+    assert px[("oracle", "random")]["final_knn_accuracy"]["n"] == 1
+    text = benchmark_paired_markdown(paired)
+    assert "px: paired differences" in text and "lat:" not in text  # no values there: no table
