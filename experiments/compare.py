@@ -6,8 +6,15 @@ Every agent x seed is one ``ie-explore`` run in ``OUT/runs/<agent>/seed<k>`` (Te
 side by side with ``tensorboard --logdir OUT/runs``), run in parallel worker processes. The
 target-only baseline (SSL on the target train set alone, compute-matched to one exploring agent's
 run of the same seed, DESIGN §7) is one more row, in ``OUT/runs/target_only/seed<k>``. Then
-``OUT/results.json`` (per agent: mean and std over seeds of every curve and figure),
-``OUT/results.md`` (the table) and PNG figures.
+``OUT/results.json`` (per agent: mean and std over seeds of every curve and figure; ``paired``: every
+agent minus every baseline present, per seed, of final k-NN and linear-probe accuracy, with a
+bootstrap 95% interval over seeds, :mod:`experiments.paired`), ``OUT/results.md`` (the tables) and
+PNG figures. Runs of one seed share the target and the initial weights (``reset(seed)`` fixes both),
+which is what makes the per-seed differences paired.
+
+On a search engine (``env.engine.name`` other than ``embedded``, e.g. ``local_corpus``) ground truth
+is unknown: g-based figures (gap closed, regret, coverage) are None and their plots absent, while
+rewards, k-NN, the probe and the paired differences are reported (:func:`world_reference`).
 
 Definitions (DESIGN §7). ``g`` is the ground-truth relevance of a query's concept. The random
 policy's expected value ``r`` is the mean of ``g`` over the vocabulary; the oracle value ``o`` is the
@@ -707,6 +714,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--workers must be >= 0 and --threads >= 1")
         if args.bootstrap_reps < 1:
             raise ConfigError("--bootstrap-reps must be >= 1")
+        from ie_env.web_search import check_engine
+
+        check_engine(cfg.env.engine)  # a missing corpus or API key fails here, before any run
         reference = world_reference(cfg)  # before anything runs: a world that cannot be built fails here
         prepare_out(out, cfg, args.overwrite, args.resume)
     except (ConfigError, FileExistsError, ValueError) as exc:

@@ -108,3 +108,26 @@ def test_compare_on_a_local_photo_corpus_completes_with_paired_knn_and_probe(tmp
     assert not math.isnan(summary["linear_probe_accuracy"])
     assert not list(scratch.glob("ie-env-web-*"))
     assert (data["corpus"].parent / "corpus.ie-index" / "meta.json").is_file()  # built once, beside the source
+
+
+def test_a_missing_corpus_fails_before_any_run(tmp_path, capsys):
+    env = pixel_config(engine={"name": "local_corpus", "options": {"source": str(tmp_path / "nowhere")}},
+                       target={"kind": "imagefolder", "root": str(tmp_path), "test_fraction": 0.5})
+    cfg = _write(tmp_path / "cmp.yaml", {"env": env, "compare": {"agents": ["random"], "seeds": 1}})
+    out = tmp_path / "out"
+    assert main(["--config", str(cfg), "--out", str(out), "--workers", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "local_corpus: source" in err and "does not exist" in err
+    assert not (out / "runs").exists()
+
+
+def test_cpu_configs_size_the_gp_tiers_to_the_embedded_vocabulary():
+    from experiments.run import RunConfig, agent_kwargs
+    from ie_env.config import resolve
+
+    paths = sorted((ROOT / "experiments" / "configs").glob("cpu_*.yaml"))
+    assert any(p.name == "cpu_imagefolder.yaml" for p in paths)
+    for path in paths:
+        cfg = resolve(RunConfig, path, [])
+        assert cfg.env.world.vocabulary == "embedded", path.name  # 2,518 concepts, not WordNet's ~146k
+        assert list(agent_kwargs(cfg, "gp")["tier_sizes"]) == [50, 150], path.name
