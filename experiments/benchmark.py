@@ -119,7 +119,8 @@ def episode_metrics(run_dir: Path, queries_per_iteration: int) -> dict[str, Any]
     m = run_metrics(summary, g, rewards, queries_per_iteration, r, 1.0, expected)  # max g = 1: the targets
     out = {k: m.get(k) for k in EPISODE_FIELDS}
     out.update({"random_expected_relevance": r, "mean_relevance": float(np.mean(g)), "target": summary.get("target_concepts"),
-                "task_world_hash": summary.get("task_world_hash"), "knn_accuracy": m.get("knn_accuracy") or None})
+                "task_world_hash": summary.get("task_world_hash"), "knn_accuracy": m.get("knn_accuracy") or None,
+                "linear_probe_accuracy": summary.get("linear_probe_accuracy")})
     return out
 
 
@@ -255,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = execute_all(todo, workers, threads, quiet=args.quiet, executor=executor)
     res = collect(out, tasks, agents, seeds, args.transfer, outcomes, args.bootstrap_reps, args.bootstrap_seed)
     res["seconds"] = time.time() - t0
+    from experiments.paired import benchmark_paired, benchmark_paired_markdown
+
+    res["paired"] = benchmark_paired(res, args.bootstrap_reps, args.bootstrap_seed)
     res["command"] = "ie-benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.transfer:
         from experiments.transfer import transfer_report
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "results.json", json.dumps(res, indent=1, default=float))
     from experiments.benchmark_report import leaderboard, plot_benchmark
 
-    table = leaderboard(res)
+    table = leaderboard(res) + benchmark_paired_markdown(res["paired"])
     atomic_write_text(out / "leaderboard.md", table)
     try:
         fig = plot_benchmark(res, out / "benchmark.png")

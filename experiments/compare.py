@@ -6,8 +6,15 @@ Every agent x seed is one ``ie-explore`` run in ``OUT/runs/<agent>/seed<k>`` (Te
 side by side with ``tensorboard --logdir OUT/runs``), run in parallel worker processes. The
 target-only baseline (SSL on the target train set alone, compute-matched to one exploring agent's
 run of the same seed, DESIGN §7) is one more row, in ``OUT/runs/target_only/seed<k>``. Then
-``OUT/results.json`` (per agent: mean and std over seeds of every curve and figure),
-``OUT/results.md`` (the table) and PNG figures.
+``OUT/results.json`` (per agent: mean and std over seeds of every curve and figure; ``paired``: every
+agent minus every baseline present, per seed, of final k-NN and linear-probe accuracy, with a
+bootstrap 95% interval over seeds, :mod:`experiments.paired`), ``OUT/results.md`` (the tables) and
+PNG figures. Runs of one seed share the target and the initial weights (``reset(seed)`` fixes both),
+which is what makes the per-seed differences paired.
+
+On a search engine (``env.engine.name`` other than ``embedded``, e.g. ``local_corpus``) ground truth
+is unknown: g-based figures (gap closed, regret, coverage) are None and their plots absent, while
+rewards, k-NN, the probe and the paired differences are reported (:func:`world_reference`).
 
 Definitions (DESIGN §7). ``g`` is the ground-truth relevance of a query's concept. The random
 policy's expected value ``r`` is the mean of ``g`` over the vocabulary; the oracle value ``o`` is the
@@ -41,6 +48,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from experiments.paired import DEFAULT_REPS, paired_comparisons, paired_markdown
 from ie_env.config import ConfigError, apply_overrides, atomic_write_text, from_dict, load_yaml, merge, to_dict
 
 TARGET_ONLY = "target_only"
@@ -413,32 +421,51 @@ def gap_closed(mean_g: float | np.ndarray, random_value: float, oracle_value: fl
     return (np.asarray(mean_g, dtype=np.float64) - random_value) / (oracle_value - random_value)
 
 
+GROUND_TRUTH_FIGURES = ("cumulative_relevance", "regret", "mean_relevance_per_iteration", "gap_closed_per_iteration",
+                        "gap_closed_cumulative", "gap_closed", "gap_closed_second_half",
+                        "expected_gap_closed_per_iteration", "expected_gap_closed_second_half", "expected_gap_closed",
+                        "total_relevance", "final_regret", "distinct_relevant_concepts", "new_relevant_images",
+                        "target_classes_hit_share")
+
+
 def run_metrics(summary: dict[str, Any], g: list[float] | np.ndarray, rewards: list[float] | np.ndarray,
-                queries_per_iteration: int, random_value: float, oracle_value: float,
+                queries_per_iteration: int, random_value: float | None, oracle_value: float | None,
                 expected_g: list[float | None] | None = None) -> dict[str, Any]:
     """Curves and figures of one exploring run from its summary and its per-query ``g`` and rewards.
     ``expected_g`` (per query, ``p . g`` of the distribution the agent drew from) adds the expected
-    gap closed, the same measure without the noise of the draws, when every query has it."""
+    gap closed, the same measure without the noise of the draws, when every query has it. Where
+    ground truth is unknown (a search engine: ``random_value``/``oracle_value`` None or ``g`` NaN)
+    every figure of :data:`GROUND_TRUTH_FIGURES` is None; rewards, k-NN and the probe remain."""
     g = np.asarray(g, dtype=np.float64)
     rewards = np.asarray(rewards, dtype=np.float64)
     if g.size == 0 or g.shape != rewards.shape:
         raise ValueError("a run needs one g and one reward per query")
     Q = int(queries_per_iteration)
     n_it = int(np.ceil(g.size / Q))
-    it_g = np.array([g[i * Q:(i + 1) * Q].mean() for i in range(n_it)])
     it_r = np.array([rewards[i * Q:(i + 1) * Q].mean() for i in range(n_it)])
+    knn = [float(x) for x in summary.get("knn_accuracy", [])]
+    out: dict[str, Any] = {
+        "cumulative_reward": np.cumsum(rewards).tolist(),
+        "mean_reward_per_iteration": it_r.tolist(),
+        "total_reward": float(rewards.sum()),
+        "knn_accuracy": knn,
+        "final_knn_accuracy": knn[-1] if knn else None,
+        "delta_knn_accuracy": knn[-1] - knn[0] if knn else None,
+        "initial_knn_accuracy": knn[0] if knn else None,
+        "linear_probe_accuracy": summary.get("linear_probe_accuracy"),
+    }
+    if random_value is None or oracle_value is None or not np.isfinite(g).all():
+        return {**out, **{k: None for k in GROUND_TRUTH_FIGURES}}
+    it_g = np.array([g[i * Q:(i + 1) * Q].mean() for i in range(n_it)])
     ends = np.minimum(np.arange(1, n_it + 1) * Q, g.size)
     cum_g = np.cumsum(g)
-    knn = [float(x) for x in summary.get("knn_accuracy", [])]
     gc = lambda x: gap_closed(x, random_value, oracle_value)  # noqa: E731
     eg = None
     if expected_g is not None and len(expected_g) == g.size and all(e is not None for e in expected_g):
         eg = np.asarray(expected_g, dtype=np.float64)
-    return {
-        "cumulative_reward": np.cumsum(rewards).tolist(),
+    out.update({
         "cumulative_relevance": cum_g.tolist(),
         "regret": np.cumsum(oracle_value - g).tolist(),
-        "mean_reward_per_iteration": it_r.tolist(),
         "mean_relevance_per_iteration": it_g.tolist(),
         "gap_closed_per_iteration": gc(it_g).tolist(),
         "gap_closed_cumulative": gc(cum_g[ends - 1] / ends).tolist(),
@@ -448,16 +475,13 @@ def run_metrics(summary: dict[str, Any], g: list[float] | np.ndarray, rewards: l
             np.array([eg[i * Q:(i + 1) * Q].mean() for i in range(n_it)])).tolist(),
         "expected_gap_closed_second_half": None if eg is None else float(gc(eg[eg.size // 2:].mean())),
         "expected_gap_closed": None if eg is None else float(gc(eg.mean())),
-        "total_reward": float(rewards.sum()),
         "total_relevance": float(g.sum()),
         "final_regret": float(np.sum(oracle_value - g)),
-        "knn_accuracy": knn,
-        "final_knn_accuracy": knn[-1] if knn else None,
-        "delta_knn_accuracy": knn[-1] - knn[0] if knn else None,
         "distinct_relevant_concepts": summary.get("distinct_relevant_concepts"),
         "new_relevant_images": summary.get("new_relevant_images"),
         "target_classes_hit_share": summary.get("target_classes_hit_share"),
-    }
+    })
+    return out
 
 
 def target_only_metrics(summary: dict[str, Any]) -> dict[str, Any]:
@@ -466,6 +490,8 @@ def target_only_metrics(summary: dict[str, Any]) -> dict[str, Any]:
         "knn_accuracy": knn,
         "final_knn_accuracy": knn[-1] if knn else None,
         "delta_knn_accuracy": knn[-1] - knn[0] if knn else None,
+        "initial_knn_accuracy": knn[0] if knn else None,
+        "linear_probe_accuracy": summary.get("linear_probe_accuracy"),
         "ssl_images_total": int(sum(summary.get("ssl_images_per_iteration", []))),
         "ssl_steps_total": float(sum(summary.get("ssl_steps_per_iteration", []))),
     }
@@ -496,8 +522,17 @@ def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 # Results
 # ---------------------------------------------------------------------------------------------
 def world_reference(cfg: Any) -> dict[str, Any]:
-    """The random policy's expected g (mean over the vocabulary) and the oracle value (max g)."""
+    """The random policy's expected g (mean over the vocabulary) and the oracle value (max g).
+
+    On a search engine (``env.engine.name`` other than ``embedded``) ground truth is unknown: the
+    reference says so (``ground_truth`` False, values None) and every g-based figure is None, while
+    rewards, k-NN, the linear probe and their paired differences are still defined."""
     from threadpoolctl import threadpool_limits
+
+    if cfg.env.engine.name != "embedded":
+        return {"ground_truth": False, "engine": cfg.env.engine.name, "random_expected_relevance": None,
+                "oracle_value": None, "oracle_definition": "undefined: ground-truth relevance is unknown on a search engine",
+                "concepts": None, "concepts_with_g_at_least_half": None, "world_hash": None}
 
     from ie_env.env import InternetExplorerEnv
 
@@ -505,6 +540,7 @@ def world_reference(cfg: Any) -> dict[str, Any]:
         env = InternetExplorerEnv(cfg.env)
     g = env.ground_truth_relevance().astype(np.float64)
     return {
+        "ground_truth": True,
         "random_expected_relevance": float(g.mean()),
         "oracle_value": float(g.max()),
         "oracle_definition": "max over concepts of g: the mean g of querying a best concept every time",
@@ -524,8 +560,10 @@ def _read_queries(run_dir: Path) -> tuple[list[float], list[float], list[float |
 
 
 def collect(out: Path, cfg: Any, agents: list[AgentSpec], settings: CompareSettings,
-            outcomes: dict[str, dict[str, Any]], reference: dict[str, Any]) -> dict[str, Any]:
-    """Read every run folder and build ``results.json``'s content."""
+            outcomes: dict[str, dict[str, Any]], reference: dict[str, Any],
+            reps: int = DEFAULT_REPS, boot_seed: int = 0) -> dict[str, Any]:
+    """Read every run folder and build ``results.json``'s content (with the paired differences of
+    :mod:`experiments.paired`: ``reps`` bootstrap resamples from seed ``boot_seed``)."""
     from experiments.target_only import trained_images_per_iteration
 
     seeds = list(range(settings.first_seed, settings.first_seed + settings.seeds))
@@ -574,6 +612,9 @@ def collect(out: Path, cfg: Any, agents: list[AgentSpec], settings: CompareSetti
         "reference": reference,
         "std": "sample standard deviation over seeds (ddof=1)",
         "results": results,
+        "paired": paired_comparisons({lab: r["per_seed"] for lab, r in results.items()}, labels,
+                                     {**{a.label: a.name for a in agents}, TARGET_ONLY: TARGET_ONLY},
+                                     reps=reps, seed=boot_seed),
         "runs": runs,
         "failed_runs": sorted(k for k, v in runs.items() if v["status"] != "ok"),
         "run_config": _plain(cfg),
@@ -592,8 +633,8 @@ def results_table(res: dict[str, Any]) -> str:
     """``results.md``: one row per agent."""
     ref = res["reference"]
     lines = [
-        "| agent | seeds | gap closed, 2nd half | expected gap, 2nd half | gap closed, all | cumulative g | distinct relevant concepts | final k-NN | Δ k-NN vs start |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| agent | seeds | gap closed, 2nd half | expected gap, 2nd half | gap closed, all | cumulative g | distinct relevant concepts | final k-NN | Δ k-NN vs start | linear probe |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in res["results"].items():
         n_ok, n_all = len(r["seeds_ok"]), len(r["seeds_ok"]) + len(r["seeds_failed"])
@@ -602,23 +643,33 @@ def results_table(res: dict[str, Any]) -> str:
             f"| {label} | {seeds} | {_pm(r.get('gap_closed_second_half'))} | {_pm(r.get('expected_gap_closed_second_half'))} | "
             f"{_pm(r.get('gap_closed'))} | "
             f"{_pm(r.get('total_relevance'), 1)} | {_pm(r.get('distinct_relevant_concepts'), 1)} | "
-            f"{_pm(r.get('final_knn_accuracy'))} | {_pm(r.get('delta_knn_accuracy'), signed=True)} |"
+            f"{_pm(r.get('final_knn_accuracy'))} | {_pm(r.get('delta_knn_accuracy'), signed=True)} | "
+            f"{_pm(r.get('linear_probe_accuracy'))} |"
         )
-    notes = [
-        "",
-        f"{res['query_budget']} queries ({res['iterations']} iterations x {res['queries_per_iteration']}), "
-        f"seeds {res['seeds'][0]}–{res['seeds'][-1]}, mean ± std over seeds; world {ref['world_hash']}.",
-        f"gap closed = (mean g − {ref['random_expected_relevance']:.4f}) / ({ref['oracle_value']:.4f} − "
-        f"{ref['random_expected_relevance']:.4f}): random policy's expected g → 0, max g → 1. "
-        "k-NN: weighted, k = 20, T = 0.07, target test split.",
-        "expected gap: the same with each query's g replaced by p · g, p the distribution the agent drew it "
-        "from (free of the draws' noise; — where an agent states none).",
-    ]
+    if ref.get("ground_truth", True):
+        notes = [
+            "",
+            f"{res['query_budget']} queries ({res['iterations']} iterations x {res['queries_per_iteration']}), "
+            f"seeds {res['seeds'][0]}–{res['seeds'][-1]}, mean ± std over seeds; world {ref['world_hash']}.",
+            f"gap closed = (mean g − {ref['random_expected_relevance']:.4f}) / ({ref['oracle_value']:.4f} − "
+            f"{ref['random_expected_relevance']:.4f}): random policy's expected g → 0, max g → 1. "
+            "k-NN: weighted, k = 20, T = 0.07, target test split.",
+            "expected gap: the same with each query's g replaced by p · g, p the distribution the agent drew it "
+            "from (free of the draws' noise; — where an agent states none).",
+        ]
+    else:
+        notes = [
+            "",
+            (f"{res['query_budget']} queries ({res['iterations']} iterations x {res['queries_per_iteration']}), "
+             f"seeds {res['seeds'][0]}–{res['seeds'][-1]}, mean ± std over seeds; engine {ref.get('engine')}."),
+            ("Ground-truth relevance g is unknown on a search engine: gap closed, cumulative g and coverage are "
+             "undefined (—). k-NN (weighted, k = 20, T = 0.07) and the linear probe on the target test split are defined."),
+        ]
     if res.get("target_only_matched_to"):
         notes.append(f"target_only: SSL on the target train split alone, as many SSL images and steps as {res['target_only_matched_to']}'s run of the same seed.")
     if res["failed_runs"]:
         notes.append("Failed runs: " + "; ".join(f"{k}: {res['runs'][k].get('error', '?')}" for k in res["failed_runs"]))
-    return "\n".join(lines + notes) + "\n"
+    return "\n".join(lines + notes) + "\n" + paired_markdown(res.get("paired"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,6 +690,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="keep finished runs in --out, run the missing or unfinished ones")
     g.add_argument("--overwrite", action="store_true", help="delete earlier results in --out first")
+    p.add_argument("--bootstrap-reps", type=int, default=DEFAULT_REPS, help="resamples of the paired differences' interval")
+    p.add_argument("--bootstrap-seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     from experiments.ray_backend import add_ray_arguments
 
@@ -676,6 +729,12 @@ def main(argv: list[str] | None = None) -> int:
             match_label(agents, settings)
         if args.workers is not None and args.workers < 0 or args.threads is not None and args.threads < 1:
             raise ConfigError("--workers must be >= 0 and --threads >= 1")
+        if args.bootstrap_reps < 1:
+            raise ConfigError("--bootstrap-reps must be >= 1")
+        from ie_env.web_search import check_engine
+
+        check_engine(cfg.env.engine)  # a missing corpus or API key fails here, before any run
+        reference = world_reference(cfg)  # before anything runs: a world that cannot be built fails here
         from experiments.ray_backend import executor_from_args
 
         executor = executor_from_args(args)  # before any file is written: a bad --ray leaves nothing
@@ -695,9 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     where = f"Ray ({executor.cpus} CPUs)" if executor else f"{workers} workers x {threads} threads"
     _log(f"{len(specs) - len(todo)} runs finished earlier, {len(todo)} to run on {where}", args.quiet)
     outcomes = execute_all(todo, workers, threads, quiet=args.quiet, executor=executor)
-
-    reference = world_reference(cfg)
-    res = collect(out, cfg, agents, settings, outcomes, reference)
+    res = collect(out, cfg, agents, settings, outcomes, reference, args.bootstrap_reps, args.bootstrap_seed)
     atomic_write_text(out / "results.json", json.dumps(res, indent=2))
     table = results_table(res)
     atomic_write_text(out / "results.md", table)

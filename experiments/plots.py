@@ -68,6 +68,8 @@ def plot_comparison(res: dict[str, Any], out_dir: str | Path) -> list[Path]:
                 m = np.asarray(expected["mean"], dtype=float)
                 a2.plot(iters[: len(m)], m, "--", color=colors[lab], lw=1.2, label=f"{lab}: expected")
         a1.set(xlabel="iteration", ylabel="mean query reward", title="reward (current encoder)")
+        if not any(results[lab].get("gap_closed_per_iteration") for lab in labels):
+            a2.text(0.5, 0.5, "ground truth unknown\n(search engine)", ha="center", va="center", transform=a2.transAxes)
         a2.axhline(0.0, color="grey", lw=0.8, ls=":")
         a2.axhline(1.0, color="grey", lw=0.8, ls=":")
         a2.set(xlabel="iteration", ylabel="gap closed (random 0, best 1)",
@@ -88,13 +90,14 @@ def plot_comparison(res: dict[str, Any], out_dir: str | Path) -> list[Path]:
             written.append(_save(fig, out_dir / "knn.png"))
         plt.close(fig)
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for lab in labels:
-            band(ax, queries, results[lab].get("regret"), lab, colors[lab])
-        ax.set(xlabel="query", ylabel="cumulative regret  Σ (max g − g)", title=title)
-        ax.legend(fontsize=8)
-        written.append(_save(fig, out_dir / "regret.png"))
-        plt.close(fig)
+        if any(results[lab].get("regret") for lab in labels):  # none without ground truth (search engines)
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for lab in labels:
+                band(ax, queries, results[lab].get("regret"), lab, colors[lab])
+            ax.set(xlabel="query", ylabel="cumulative regret  Σ (max g − g)", title=title)
+            ax.legend(fontsize=8)
+            written.append(_save(fig, out_dir / "regret.png"))
+            plt.close(fig)
     finally:
         plt.close("all")
     return written

@@ -40,7 +40,6 @@ from experiments.rundir import (
 from ie_env.bounds import out_of_memory_message
 from ie_env.config import ConfigError, atomic_write_text, resolve, to_dict
 from ie_env.env import EnvConfig, InternetExplorerEnv
-from ie_env.evaluation.linear_probe import linear_probe_accuracy
 from ie_env.extras import require
 from ie_env.web_search import check_engine
 
@@ -513,29 +512,22 @@ class Runner:
         if summary["linear_probe_accuracy"] is not None:
             w.add_scalar("eval/linear_probe_accuracy", summary["linear_probe_accuracy"], env.iteration)
         metrics = {"hparam/final_knn_accuracy": summary["knn_accuracy"][-1] if summary["knn_accuracy"] else 0.0,
-                   "hparam/mean_true_relevance": float(np.mean(summary["mean_true_relevance_per_iteration"] or [0.0]))}
+                   "hparam/mean_true_relevance": float(np.mean([g for g in summary["mean_true_relevance_per_iteration"]
+                                                                if g is not None] or [float("nan")]))}
         hp = {"agent": cfg.agent, "seed": cfg.seed, "fidelity": cfg.env.world.fidelity,
               "alignment": cfg.env.world.alignment, "queries_per_iteration": cfg.env.queries_per_iteration,
-              "iterations": cfg.env.iterations, "world_hash": env.world.fingerprint()}
+              "iterations": cfg.env.iterations, "world_hash": summary["world_hash"] or ""}
         hp.update({k: ("" if v is None else v) for k, v in task_record(cfg.task).items()})
         w.add_hparams(hp, metrics, run_name="hparams")
         w.close()
         return summary
 
     def _final_probe(self) -> dict[str, Any]:
-        """Linear-probe accuracy of the final encoder on the target train / test split."""
-        env = self.env
-        if not env.config.evaluate:
-            return {"linear_probe_accuracy": None, "linear_probe_best_C": None}
-        try:
-            res = linear_probe_accuracy(
-                env.learner.features(env.train_images), env.train_labels,
-                env.learner.features(env.test_images), env.test_labels, seed=self.cfg.seed,
-            )
-        except ValueError as exc:  # e.g. a single class: report, don't lose the run
-            print(f"[ie-explore] linear probe skipped: {exc}", file=sys.stderr)
-            return {"linear_probe_accuracy": None, "linear_probe_best_C": None}
-        return {"linear_probe_accuracy": res["accuracy"], "linear_probe_best_C": res["best_C"]}
+        """Linear-probe accuracy of the final encoder on the target train / test split (the
+        target-only baseline's probe is the same function)."""
+        from experiments.target_only import final_probe
+
+        return final_probe(self.env, self.cfg.seed)
 
     def summary(self, seconds: float) -> dict[str, Any]:
         env = self.env
@@ -571,7 +563,24 @@ class Runner:
         }
         for k in (10, 200):
             out[f"knn_accuracy_k{k}"] = [h[k] for h in knn if k in h]
+        if env.config.engine.name != "embedded":
+            out.update(unknown_ground_truth(out, env.config.engine.name))
         return out
+
+
+def unknown_ground_truth(summary: dict[str, Any], engine: str) -> dict[str, Any]:
+    """What a run on a search engine reports instead of ground-truth figures: None (unknown, not 0)
+    for every figure computed from ``g``, and no embedded-world identity (its hash and target theme
+    describe a world the run never searched)."""
+    per_iter = len(summary.get("mean_reward_per_iteration", []))
+    out: dict[str, Any] = {"engine": engine, "ground_truth": False, "world_hash": None,
+                           "random_policy_expected_relevance": None, "distinct_relevant_concepts": None,
+                           "new_relevant_images": None, "target_classes_hit_share": None}
+    for k in ("mean_true_relevance_per_iteration", "expected_true_relevance_per_iteration",
+              "distinct_relevant_concepts_per_iteration", "new_relevant_images_per_iteration",
+              "target_classes_hit_share_per_iteration"):
+        out[k] = [None] * per_iter
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

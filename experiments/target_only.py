@@ -7,7 +7,7 @@ then, for every iteration of the exploring run, trains on exactly as many images
 trained on (its new images plus ``pcr`` x as many mixed in), all drawn from the target train split
 (each pass over it freshly shuffled), and evaluates k-NN on the target test split. The SSL learner's
 step count is a function of the image count and the batch size, so equal images means equal steps.
-It makes no queries: only its k-NN figures are comparable.
+It makes no queries: only its k-NN and final linear-probe figures are comparable.
 
     python -m experiments.target_only --match runs/gp-seed0 --logdir runs/target_only-seed0
 """
@@ -84,6 +84,22 @@ def _tiled_indices(n: int, pool: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([rng.permutation(pool) for _ in range(passes)])[:n]
 
 
+def final_probe(env: Any, seed: int) -> dict[str, Any]:
+    """Linear-probe accuracy of ``env``'s current encoder on the target train / test split, as
+    ``ie-explore`` reports it at the end of a run (None where evaluation is off or the probe cannot fit)."""
+    from ie_env.evaluation.linear_probe import linear_probe_accuracy
+
+    if not env.config.evaluate:
+        return {"linear_probe_accuracy": None, "linear_probe_best_C": None}
+    try:
+        res = linear_probe_accuracy(env.learner.features(env.train_images), env.train_labels,
+                                    env.learner.features(env.test_images), env.test_labels, seed=seed)
+    except ValueError as exc:  # e.g. a single class: report, don't lose the run
+        print(f"[target-only] linear probe skipped: {exc}", file=sys.stderr)
+        return {"linear_probe_accuracy": None, "linear_probe_best_C": None}
+    return {"linear_probe_accuracy": res["accuracy"], "linear_probe_best_C": res["best_C"]}
+
+
 def run_target_only(run_cfg: Any, images_per_iteration: list[int], logdir: str | Path | None = None,
                     matched_to: str = "") -> dict[str, Any]:
     """Target-only SSL for ``run_cfg`` (an ``experiments.run.RunConfig``) with the given image counts.
@@ -140,12 +156,17 @@ def run_target_only(run_cfg: Any, images_per_iteration: list[int], logdir: str |
         "ssl_images_per_iteration": [int(n) for n in images_per_iteration],
         "ssl_steps_per_iteration": steps,
         "ssl_loss_per_iteration": losses,
-        "world_hash": env.world.fingerprint(),
+        # On a search engine the embedded world only lends its vocabulary: no world to name.
+        "world_hash": env.world.fingerprint() if run_cfg.env.engine.name == "embedded" else None,
         "seconds_this_process": time.time() - t0,
     }
     for k in (10, 200):
         summary[f"knn_accuracy_k{k}"] = [h[k] for h in knn if k in h]
+    summary.update(final_probe(env, run_cfg.seed))
+    env.close()
     if logdir is not None:
+        if summary["linear_probe_accuracy"] is not None:
+            writer.add_scalar("eval/linear_probe_accuracy", summary["linear_probe_accuracy"], len(images_per_iteration))
         writer.close()
         atomic_write_text(logdir / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -6,7 +6,10 @@ distribution with disjoint train and held-out themes, query budget, reward kind,
 ``gymnasium.make(task_id)`` builds it with targets from the *train* themes (for training); the
 benchmark evaluates on the *held-out* themes at the fixed episode seeds ``eval_seed0 + s``.
 
-Family: difficulty (``Easy``, ``Standard``, ``Hard``) x fidelity (``IELatent-*``, ``IEPixels-*``).
+Family: difficulty (``Easy``, ``Standard``, ``Hard``) x fidelity (``IELatent-*``, ``IEPixels-*``), and
+``*-Gain`` twins of the Standard ids whose reward is the design's target-similarity gain from SSL
+training instead of the query reward (same world, targets and dynamics; ``docs/rewards.md`` says how the
+gain, known only when an iteration closes, is credited to the steps).
 Suites (``--suite NAME`` of ``ie-benchmark``) name lists of ids.
 
 Golden values (``tests/golden/suite.json``, written by ``scripts/make_suite_golden.py``) hold each
@@ -102,6 +105,12 @@ _SPECS = [
              _pinned("pixels", 0.95, 20, 10, iterations=4, ssl=_PIXELS_SSL, warmup_images=1280,
                      info_level="full", evaluate=True, knn_k=[20, 10, 200]),
              "the Standard world rendered at 32 px, MoCo-v3 resnet18 in the loop, 4 x 16 queries"),
+    TaskSpec("IELatent-Standard-Gain", 1, "standard", "latent", _pinned("latent", 0.95, 20, 10, reward="gain"),
+             "IELatent-Standard-v1 with reward = gain: the sum of the iteration's per-query gains, paid at its close step"),
+    TaskSpec("IEPixels-Standard-Gain", 1, "standard", "pixels",
+             _pinned("pixels", 0.95, 20, 10, iterations=4, ssl=_PIXELS_SSL, warmup_images=1280,
+                     info_level="full", evaluate=True, knn_k=[20, 10, 200], reward="gain"),
+             "IEPixels-Standard-v1 with reward = gain: the sum of the iteration's per-query gains, paid at its close step"),
 ]
 
 #: id -> spec of every registered task.
@@ -110,6 +119,7 @@ TASKS: dict[str, TaskSpec] = {s.id: s for s in _SPECS}
 SUITES: dict[str, list[str]] = {
     "latent": ["IELatent-Easy-v1", "IELatent-Standard-v1", "IELatent-Hard-v1"],
     "pixels": ["IEPixels-Standard-v1"],
+    "gain": ["IELatent-Standard-Gain-v1", "IEPixels-Standard-Gain-v1"],
     "all": [s.id for s in _SPECS],
 }
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 
 ENGINE_NAMES = ("embedded", *sorted(ENGINES))
 SNAPSHOT_NAME = "snapshot.jsonl"
+TEMP_PREFIX = "ie-env-web-"  # the temp root of a run without a store (deleted when the search is closed)
 _USABLE = (Reason.OK, Reason.DUPLICATE)
 
 
@@ -140,6 +143,9 @@ class WebSearch:
         self.image_size = image_size
         self.replay = cfg.name == "replay"
         self.root = self._root(cfg, store_dir)
+        # A temp root (no store_dir or engine.root) goes when this object is closed or collected.
+        self._cleanup = (weakref.finalize(self, shutil.rmtree, self.root, True)
+                         if self.root.name.startswith(TEMP_PREFIX) and not (cfg.root or store_dir) else None)
         self._leak_images = leak_images
         self._answers: dict[tuple[str, int], tuple[list[SearchHit], str]] = {}
         self._outcomes: dict[str, dict[str, Any]] = {}  # url -> first fetch outcome of this run
@@ -172,8 +178,8 @@ class WebSearch:
             return Path(cfg.snapshot).resolve().parent
         if store_dir:
             return Path(store_dir) / "web"
-        tmp = Path(tempfile.mkdtemp(prefix="ie-env-web-"))
-        log.warning("web search: no store_dir or engine.root; images and snapshot go to %s", tmp)
+        tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+        log.warning("web search: no store_dir or engine.root; images and snapshot go to %s (deleted on close)", tmp)
         return tmp
 
     # ---------------------------------------------------------------- plumbing
@@ -263,6 +269,8 @@ class WebSearch:
         recorder = getattr(self.engine, "recorder", None)
         if recorder is not None:
             recorder.close()
+        if self._cleanup is not None:
+            self._cleanup()
 
 
 #: Outcomes of a hit whose image could not be served: no usable record, not in the store (or refused

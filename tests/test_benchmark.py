@@ -89,6 +89,8 @@ def test_benchmark_scores_records_and_reports_a_crashing_agent(tmp_path, monkeyp
     targets = {a: [res["per_task"][TASK][a]["episodes"][s]["target"] for s in ("0", "1")] for a in ("random", "oracle")}
     assert targets["random"] == targets["oracle"] and targets["random"][0] != targets["random"][1]
     assert set(targets["random"][0]) <= {c.lemma for c in _heldout_concepts()}
+    pairs = [(r["agent"], r["baseline"]) for r in res["paired"][TASK]["comparisons"]]
+    assert pairs == [("oracle", "random"), ("crash", "random")]  # every agent minus the baseline
     summary = json.loads((out / "runs" / TASK / "random" / "seed1" / "summary.json").read_text())
     assert summary["task"] == TASK and summary["task_version"] == 1
     assert summary["task_world_hash"] == suite.world_hash(TASK) == res["task_info"][TASK]["world_hash"]

@@ -110,6 +110,41 @@ def _tar(path, samples):
                 tf.addfile(info, io.BytesIO(data))
 
 
+def test_two_builders_of_one_index_take_turns(folder, tmp_path, caplog):
+    """A second engine opening the index while the first is building it waits on the lock, then
+    opens the finished index instead of building it again."""
+    import logging
+    import threading
+
+    started, go = threading.Event(), threading.Event()
+
+    class Held(BagOfWords):
+        def embed(self, texts):
+            started.set()
+            assert go.wait(60), "the test never released the first build"
+            return super().embed(texts)
+
+    first_emb, second_emb = Held(), BagOfWords()
+    cfg = dict(source=str(folder), index_dir=str(tmp_path / "idx"))
+    engines = {}
+    caplog.set_level(logging.WARNING, logger="ie_env.engines.local_corpus")
+    t1 = threading.Thread(target=lambda: engines.update(a=LocalCorpusEngine(LocalCorpusConfig(**cfg), embedder=first_emb)))
+    t1.start()
+    assert started.wait(60)
+    t2 = threading.Thread(target=lambda: engines.update(b=LocalCorpusEngine(LocalCorpusConfig(**cfg), embedder=second_emb)))
+    t2.start()
+    for _ in range(600):  # until the second builder reports that it waits
+        if any("another process is building" in r.getMessage() for r in caplog.records):
+            break
+        threading.Event().wait(0.1)
+    assert any("another process is building" in r.getMessage() for r in caplog.records)
+    go.set()
+    t1.join(60)
+    t2.join(60)
+    assert first_emb.texts == len(CAPTIONS) and second_emb.texts == 0  # built once
+    assert engines["b"].search("green whale", 1)[0].caption == "a green whale in the wild"
+
+
 def test_webdataset_shards(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()

@@ -24,6 +24,7 @@ their bytes, and ``Fetcher.register_reader`` plugs it into the download path.
 
 from __future__ import annotations
 
+import contextlib
 import glob as _glob
 import hashlib
 import json
@@ -444,6 +445,28 @@ def _build_ivf(faiss, folder: Path, count: int, dim: int, cfg: LocalCorpusConfig
 # ------------------------------------------------------------------------------------- the engine
 
 
+@contextlib.contextmanager
+def _index_lock(index_dir: Path) -> Iterator[None]:
+    """An exclusive ``fcntl`` lock on ``.<index>.lock`` beside the index (a no-op where ``fcntl`` is
+    missing); logs when it has to wait for another process's build."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = index_dir.with_name(f".{index_dir.name}.lock")
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("local_corpus: another process is building %s; waiting for it", index_dir)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def default_index_dir(source: str) -> Path:
     """``<source>.ie-index`` beside the source (for a glob: ``corpus.ie-index`` in its folder)."""
     if any(ch in source for ch in "*?["):
@@ -476,6 +499,14 @@ class LocalCorpusEngine(SearchEngine):
         return _normalise(self._embed_fn(texts))
 
     def _open_or_build(self) -> CorpusIndex:
+        """Open the index, building it first when missing or stale. Builders of the same index (several
+        workers of one comparison) take turns on a file lock beside it: the first builds, the others wait,
+        then find it fresh and open it."""
+        self.index_dir.parent.mkdir(parents=True, exist_ok=True)
+        with _index_lock(self.index_dir):
+            return self._open_or_build_locked()
+
+    def _open_or_build_locked(self) -> CorpusIndex:
         cfg = self.config
         meta_path = self.index_dir / "meta.json"
         stale = True
