@@ -11,16 +11,45 @@ The runner drives an agent against an :class:`ie_env.env.InternetExplorerEnv`::
 
 ``info["iteration_closed"]`` is True on the step that ended an SSL iteration; batch samplers (the
 paper's GP sampler) draw a new batch of queries then.
+
+Two kinds of agent, by :attr:`Agent.acts_on`: ``"concept"`` agents pick a concept index (the env is
+in ``vocab`` mode); ``"env"`` agents (a Stable-Baselines3 policy) act in the env's own action space
+on its own observations, so every evaluator drives them exactly as a user's loop does (the same
+slates, the same random streams); :meth:`Agent.env_settings` names the env settings their spaces
+need. Either way the loop above is the whole protocol, and the score is ``info["ie_episode"]``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+@dataclass
+class EnvView:
+    """What an agent acting in the env's own action space may ask of the env (never the target):
+    the concept an action picks now, the allowed actions (MaskablePPO), the current slate's concepts
+    (``slate`` mode; None otherwise)."""
+
+    to_concept: Callable[[Any], int]
+    action_masks: Callable[[], np.ndarray]
+    slate: Callable[[], np.ndarray | None]
+
+    @classmethod
+    def of(cls, env: Any) -> EnvView:
+        base = getattr(env, "unwrapped", env)
+
+        def slate() -> np.ndarray | None:
+            c = getattr(base.action_mode, "candidates", None)
+            return None if c is None else np.array(c, copy=True)
+
+        return cls(to_concept=lambda a: int(base.action_mode.to_concept(a, base.history)),
+                   action_masks=base.action_masks, slate=slate)
 
 
 @dataclass
@@ -36,6 +65,7 @@ class AgentContext:
     # Label-set-guided variant: embeddings of the target's class names (None = no labels).
     class_name_embeddings: np.ndarray | None = None
     class_name_actions: list[int] | None = None
+    env: EnvView | None = None  # for agents that act in the env's own action space
 
     @property
     def num_actions(self) -> int:
@@ -50,6 +80,7 @@ class AgentContext:
             seed=seed,
             concept_names=[c.name for c in base.vocabulary.concepts],
             ground_truth_relevance=base.ground_truth_relevance() if with_ground_truth else None,
+            env=EnvView.of(base),
         )
 
 
@@ -64,14 +95,26 @@ class Agent(ABC):
 
     name: str = "agent"
     needs_ground_truth: bool = False
+    #: ``"concept"``: :meth:`act` returns a concept index (the env runs in ``vocab`` mode); ``"env"``:
+    #: an action of the env's own action space, chosen from the env's own observation.
+    acts_on: str = "concept"
+
+    def env_settings(self) -> dict[str, Any] | None:
+        """``"env"`` agents: the env config values (action mode, observation settings) their spaces
+        were made for, or None where unknown (then the env must already have matching spaces)."""
+        return None
+
+    def spaces(self) -> tuple[Any, Any] | None:
+        """``"env"`` agents: the ``(observation_space, action_space)`` they act in (None: any)."""
+        return None
 
     @abstractmethod
     def setup(self, ctx: AgentContext) -> None:
         """Called once before the episode; resets all internal state."""
 
     @abstractmethod
-    def act(self, obs: Any, info: dict[str, Any]) -> int:
-        """Return the next concept index to query."""
+    def act(self, obs: Any, info: dict[str, Any]) -> Any:
+        """Return the next concept index to query (``acts_on == "env"``: the env's next action)."""
 
     def observe(self, action: int, reward: float, obs: Any, info: dict[str, Any]) -> None:
         """Learn from the outcome of ``action`` (default: nothing)."""

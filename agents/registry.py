@@ -1,19 +1,42 @@
 """Agents by name: ``make_agent("gp", smr=3.0)``.
 
-Plain names map to classes in ``AGENTS``; a name of the form ``"PREFIX:REST"`` (e.g.
-``"sb3:runs/ppo.zip"``) goes to the handler registered for ``PREFIX`` with
-``register_prefix(prefix, handler)``, where ``handler(rest, **config) -> Agent``.
+Where a name is looked up, in order:
+
+* ``"PREFIX:REST"`` with a registered prefix (e.g. ``"sb3:runs/ppo.zip"``, any SB3 / sb3-contrib
+  model file) goes to the handler registered with ``register_prefix(prefix, handler)``, where
+  ``handler(rest, **config) -> Agent``;
+* ``"package.module:Name"`` imports ``package.module`` (the user's own code, on ``sys.path``) and
+  calls ``Name(**config)``: an :class:`~agents.base.Agent` subclass or a factory returning one;
+* plain names: the built-in classes in ``AGENTS``, then the entry points of the group
+  :data:`ENTRY_POINT_GROUP` that installed packages declare, e.g. in their ``pyproject.toml``::
+
+      [project.entry-points."ie_env.agents"]
+      mine = "my_package.agents:MyAgent"
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
 
 from agents.base import Agent
-from agents.baselines import GPUCBAgent, GreedyGPMeanAgent, OracleAgent, RandomAgent, UniformNoReplacementAgent
+from agents.baselines import (
+    GPUCBAgent,
+    GreedyGPMeanAgent,
+    OracleAgent,
+    RandomAgent,
+    UniformNoReplacementAgent,
+)
 from agents.gp_sampler import GPSamplerAgent
 
-__all__ = ["AGENTS", "PREFIX_HANDLERS", "make_agent", "register_prefix", "agent_names"]
+__all__ = ["AGENTS", "ENTRY_POINT_GROUP", "PREFIX_HANDLERS", "agent_names", "entry_point_agents", "load_object",
+           "make_agent", "register_prefix"]
+
+#: The entry-point group through which installed packages add agents by name.
+ENTRY_POINT_GROUP = "ie_env.agents"
+_MODULE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 AGENTS: dict[str, type[Agent]] = {
     "gp": GPSamplerAgent,
@@ -34,8 +57,43 @@ def register_prefix(prefix: str, handler: Callable[..., Agent]) -> None:
     PREFIX_HANDLERS[prefix] = handler
 
 
+def entry_point_agents() -> dict[str, Any]:
+    """Name -> entry point of every agent that an installed package declares in
+    :data:`ENTRY_POINT_GROUP` (not loaded yet)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def agent_names() -> list[str]:
-    return sorted(AGENTS) + [f"{p}:..." for p in sorted(PREFIX_HANDLERS)]
+    plugins = sorted(set(entry_point_agents()) - set(AGENTS))
+    return sorted(AGENTS) + plugins + [f"{p}:..." for p in sorted(PREFIX_HANDLERS)] + ["module.path:ClassOrFactory"]
+
+
+def load_object(spec: str) -> Any:
+    """The object ``"package.module:Attr.Path"`` names. ``ValueError`` naming ``spec`` and the import
+    error when its module fails to import or lacks the attribute."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as exc:  # a user's module may fail in any way while it imports
+        raise ValueError(f"agent {spec!r}: importing module {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    for part in attr.split("."):
+        if not part or not hasattr(obj, part):
+            raise ValueError(f"agent {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _build(obj: Any, source: str, config: dict[str, Any]) -> Agent:
+    """``obj(**config)`` (an Agent class or a factory), checked to be an agent."""
+    if not callable(obj):
+        raise ValueError(f"agent {source!r} is a {type(obj).__name__}, not an Agent class or factory")  # noqa: TRY004
+    agent = obj(**config)
+    if not all(callable(getattr(agent, m, None)) for m in ("setup", "act")):
+        raise ValueError(f"agent {source!r} built a {type(agent).__name__}, which lacks setup() and act() "
+                         "(subclass agents.base.Agent)")
+    return agent
 
 
 def make_agent(name: str, **config: Any) -> Agent:
@@ -49,15 +107,23 @@ def make_agent(name: str, **config: Any) -> Agent:
     if ":" in name:
         prefix, rest = name.split(":", 1)
         handler = PREFIX_HANDLERS.get(prefix)
-        if handler is None:
-            raise ValueError(
-                f"unknown agent prefix {prefix!r} in {name!r}; registered: {', '.join(agent_names())}"
-            )
-        return handler(rest, **config)
+        if handler is not None:
+            return handler(rest, **config)
+        if _MODULE_PATH.fullmatch(prefix) and rest:
+            return _build(load_object(name), name, config)
+        raise ValueError(f"unknown agent prefix {prefix!r} in {name!r}; registered: {', '.join(agent_names())}")
     cls = AGENTS.get(name)
-    if cls is None:
+    if cls is not None:
+        return cls(**config)
+    ep = entry_point_agents().get(name)
+    if ep is None:
         raise ValueError(f"unknown agent {name!r}; registered: {', '.join(agent_names())}")
-    return cls(**config)
+    try:
+        obj = ep.load()
+    except Exception as exc:  # a plugin may fail in any way while it imports
+        raise ValueError(f"agent {name!r} (entry point {ep.value!r} of group {ENTRY_POINT_GROUP!r}) failed to import: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    return _build(obj, f"{name} = {ep.value}", config)
 
 
 def _sb3(rest: str, **cfg):

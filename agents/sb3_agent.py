@@ -6,11 +6,11 @@
 * :class:`SlatePolicy` / :class:`MaskableSlatePolicy` / :class:`SlateDQNPolicy` use those scores as the
   logits (Q-values for DQN) directly, so the whole policy is independent of K; the value head reads the
   intent and pooled candidate embeddings.
-* :class:`SB3Agent` runs a saved model (``ie-train``'s ``model.zip``) through the :class:`Agent`
-  interface, so ``ie-explore --agent sb3:PATH`` uses the same runner and logs as the GP sampler. The
-  environment the runner drives is in ``vocab`` mode: the agent rebuilds the observation its policy
-  was trained on (its action mode, from the environment settings stored in the model file) from what
-  the episode revealed, and answers with a concept index.
+* :class:`SB3Agent` runs a saved model (``ie-train``'s ``model.zip`` or any SB3 / sb3-contrib zip)
+  through the :class:`Agent` interface, so ``ie-explore --agent sb3:PATH`` uses the same runner and
+  logs as the GP sampler. It acts on the env itself, in the env's own action space: the runner builds
+  the env in the model's action mode and the policy sees the env's own observations (slates and
+  random streams included), exactly as in a user's ``model.predict`` loop.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import torch
 from torch import nn
 
 from agents.base import Agent, AgentContext, uniform_over
-from ie_env.actions import ActionConfig, EpisodeHistory, make_action_mode
-from ie_env.config import from_dict
 from ie_env.extras import require
 
 __all__ = [
@@ -44,8 +42,10 @@ __all__ = [
     "SlateDQNPolicy",
     "save_model",
     "read_model_meta",
+    "infer_algorithm",
     "load_model",
     "SB3Agent",
+    "SPACE_SETTINGS",
 ]
 
 SIDE_FILE = "ie_env.json"  # the environment settings, stored inside the model zip
@@ -249,84 +249,189 @@ def save_model(model: Any, path: str | os.PathLike, meta: dict[str, Any]) -> Pat
     return path
 
 
-def read_model_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The environment settings stored by :func:`save_model` (``ValueError`` if absent)."""
-    p = Path(path)
+def _zip_names(p: Path) -> list[str]:
     if not p.is_file():
         raise ValueError(f"model file not found: {p}")
     try:
         with zipfile.ZipFile(p) as zf:
+            return zf.namelist()
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"{p} is not a Stable-Baselines3 model file (a zip with 'data' inside): {exc}") from None
+
+
+def read_model_meta(path: str | os.PathLike, required: bool = True) -> dict[str, Any] | None:
+    """The environment settings stored by :func:`save_model`; for a model saved by plain SB3 (no
+    settings inside) ``ValueError`` when ``required``, else None."""
+    p = Path(path)
+    names = _zip_names(p)
+    if SIDE_FILE not in names:
+        if required:
+            raise ValueError(f"{p} is not a model saved by ie-train (no {SIDE_FILE} inside)")
+        if "data" not in names:
+            raise ValueError(f"{p} is not a Stable-Baselines3 model file (no 'data' inside)")
+        return None
+    try:
+        with zipfile.ZipFile(p) as zf:
             return json.loads(zf.read(SIDE_FILE))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{p} is not a model saved by ie-train ({exc})") from None
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{p}: unreadable {SIDE_FILE} ({exc})") from None
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
-    meta = read_model_meta(path)
-    cls = algo_classes()[meta["algo"]]
-    custom = dict(_policies()) if meta.get("action_mode") == "slate" else {}
-    model = cls.load(str(path), device=device, custom_objects={"policy_class": custom.get(meta.get("policy", ""))} if custom else None)
+#: (module of the policy class, class name) -> algorithm, for policies only one algorithm uses.
+_POLICY_MODULES = (
+    ("sb3_contrib.common.maskable", "MaskablePPO"),
+    ("sb3_contrib.common.recurrent", "RecurrentPPO"),
+    ("sb3_contrib.qrdqn", "QRDQN"),
+    ("sb3_contrib.tqc", "TQC"),
+    ("sb3_contrib.ars", "ARS"),
+    ("sb3_contrib.crossq", "CrossQ"),
+    ("stable_baselines3.dqn", "DQN"),
+    ("stable_baselines3.sac", "SAC"),
+    ("stable_baselines3.td3", "TD3"),
+)
+
+
+def _known_algorithms() -> dict[str, type]:
+    """Every algorithm class of SB3 and sb3-contrib, by class name (those installed)."""
+    import sb3_contrib
+    import stable_baselines3
+
+    out: dict[str, type] = {}
+    for pkg in (stable_baselines3, sb3_contrib):
+        for name in getattr(pkg, "__all__", []):
+            obj = getattr(pkg, name, None)
+            if isinstance(obj, type) and hasattr(obj, "load") and hasattr(obj, "predict"):
+                out[name] = obj
+    return out
+
+
+def infer_algorithm(path: str | os.PathLike) -> type:
+    """The SB3 / sb3-contrib class that saved ``path``, read from its ``data``: the policy class's
+    module for policies one algorithm owns (DQN, SAC, MaskablePPO ...), else (actor-critic
+    policies, whatever their class) the saved hyperparameters (PPO: ``clip_range``, TRPO:
+    ``cg_max_steps``, else A2C). ``ValueError`` when none fits."""
+    p = Path(path)
+    _zip_names(p)
+    with zipfile.ZipFile(p) as zf:
+        try:
+            data = json.loads(zf.read("data"))
+        except (KeyError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{p} is not a Stable-Baselines3 model file ({exc})") from None
+    known = _known_algorithms()
+    policy = data.get("policy_class") or {}
+    module = str(policy.get("__module__", "")) if isinstance(policy, dict) else ""
+    for prefix, algo in _POLICY_MODULES:
+        if module.startswith(prefix) and algo in known:
+            return known[algo]
+    bases = _policy_bases(data, p)
+    for prefix, algo in _POLICY_MODULES:
+        if any(b.startswith(prefix) for b in bases) and algo in known:
+            return known[algo]
+    if "clip_range" in data:
+        return known["PPO"]
+    if "cg_max_steps" in data and "TRPO" in known:
+        return known["TRPO"]
+    if "vf_coef" in data:
+        return known["A2C"]
+    raise ValueError(f"{p}: cannot tell which Stable-Baselines3 algorithm saved it (policy class module {module!r}); "
+                     f"known: {', '.join(sorted(known))}")
+
+
+def _policy_bases(data: dict[str, Any], path: Path) -> list[str]:
+    """Modules of the saved policy class and its bases (a subclass of, say, a MaskablePPO policy),
+    from the model file the user gave (deserialised by SB3's own reader)."""
+    from stable_baselines3.common.save_util import json_to_data
+
+    try:
+        cls = json_to_data(json.dumps({"policy_class": data.get("policy_class")}))["policy_class"]
+    except (ImportError, AttributeError, TypeError, ValueError, EOFError):  # a class that no longer imports
+        return []
+    return [f"{c.__module__}.{c.__name__}" for c in getattr(cls, "__mro__", ())]
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[Any, dict[str, Any] | None]:
+    """``(model, settings)`` of an ``ie-train`` model, or of any SB3 / sb3-contrib model file
+    (settings None; the algorithm read from the file by :func:`infer_algorithm`)."""
+    meta = read_model_meta(path, required=False)
+    if meta is not None and meta.get("algo") in ALGO_MODES:
+        cls = algo_classes()[meta["algo"]]
+    else:
+        cls = infer_algorithm(path)
+    custom = None
+    if meta is not None and meta.get("action_mode") == "slate" and meta.get("policy") in _POLICY_NAMES:
+        custom = {"policy_class": __getattr__(meta["policy"])}
+    try:
+        model = cls.load(str(path), device=device, custom_objects=custom)
+    except Exception as exc:
+        raise ValueError(f"cannot load {path} as a {cls.__name__} model: {type(exc).__name__}: {exc}") from exc
     return model, meta
+
+
+_POLICY_NAMES = ("SlatePolicy", "MaskableSlatePolicy", "SlateDQNPolicy")
+
+#: env settings that fix an env's observation and action spaces (what an ie-train model records)
+SPACE_SETTINGS = ("action_mode", "actions", "history", "mask_queried", "iterations", "queries_per_iteration")
 
 
 # ---------------------------------------------------------------------------------------------
 # A trained model as a runner agent
 # ---------------------------------------------------------------------------------------------
 class SB3Agent(Agent):
-    """A saved ``ie-train`` model behind the :class:`Agent` interface (``make_agent("sb3:PATH")``)."""
+    """Any saved SB3 / sb3-contrib model behind the :class:`Agent` interface (``make_agent("sb3:PATH")``).
+
+    It acts in the env's own action space on the env's own observations (``acts_on = "env"``):
+    exactly ``model.predict(obs, deterministic=...)`` as a user's loop calls it (with the env's
+    ``action_masks()`` for MaskablePPO, the LSTM state for RecurrentPPO), so its score in every
+    evaluator is the plain loop's. An ``ie-train`` model also names the env settings it was trained
+    with (:meth:`env_settings`); a plain SB3 model needs an env whose spaces are its own.
+    """
 
     name = "sb3"
+    acts_on = "env"
 
     def __init__(self, path: str, deterministic: bool = True, device: str = "cpu") -> None:
         self.path = str(path)
         self.deterministic = bool(deterministic)
         self.device = device
-        self.meta = read_model_meta(self.path)  # fail early on a wrong file
-        self._model = None
+        self.meta = read_model_meta(self.path, required=False)  # fails early on a wrong file
+        self._model, _ = load_model(self.path, self.device)
+        self._recurrent = "Recurrent" in type(self._model).__name__
+        self._masked = "Maskable" in type(self._model).__name__
+        self._last: int | None = None
 
     @property
     def model(self):
-        if self._model is None:
-            self._model, _ = load_model(self.path, self.device)
         return self._model
 
+    def spaces(self) -> tuple[Any, Any]:
+        return self._model.observation_space, self._model.action_space
+
+    def env_settings(self) -> dict[str, Any] | None:
+        env = (self.meta or {}).get("env")
+        if not isinstance(env, dict):
+            return None
+        return {k: env[k] for k in SPACE_SETTINGS if k in env}
+
     def setup(self, ctx: AgentContext) -> None:
-        env = self.meta["env"]
-        acfg = from_dict(ActionConfig, env.get("actions", {}))
-        budget = int(env["iterations"]) * int(env["queries_per_iteration"])
+        if ctx.env is None:
+            raise ValueError("an SB3 policy acts on the env itself: its context needs AgentContext.from_env(env)")
+        self._ctx_env = ctx.env
         self._n = ctx.num_actions
-        self.mode = make_action_mode(
-            env["action_mode"], acfg, ctx.concept_embeddings, int(env["history"]), budget, bool(env.get("mask_queried", False))
-        )
-        self.history = EpisodeHistory(self._n, budget)
-        self.mode.reset(np.random.default_rng([int(ctx.seed), 7]))
-        self._obs = self.mode.observation(self.history)
-        self._left: float | None = None
-        self._last: int | None = None
+        self._last = None
+        self._state = None
+        self._start = np.ones((1,), dtype=bool)
 
-    def _policy_obs(self) -> Any:
-        obs = self._obs
-        if self._left is not None:  # the runner's own budget, when its observation carries it
-            if isinstance(obs, dict):
-                obs = {**obs, "context": obs["context"].copy()}
-                obs["context"][-1] = self._left
-            else:
-                obs = obs.copy()
-                obs[-1] = self._left
-        return obs
-
-    def act(self, obs: Any, info: dict[str, Any] | None = None) -> int:
-        if isinstance(obs, np.ndarray) and obs.ndim == 1 and obs.size:
-            self._left = float(obs[-1])
-        kwargs = {}
-        if self.meta["algo"] == "maskable_ppo":
-            kwargs["action_masks"] = self.mode.action_masks(self.history)
-        action, _ = self.model.predict(self._policy_obs(), deterministic=self.deterministic, **kwargs)
-        concept = self.mode.to_concept(action, self.history)
-        if not 0 <= concept < self._n:
-            raise ValueError(f"policy chose concept {concept} outside the vocabulary")
-        self._last = int(concept)
-        return int(concept)
+    def act(self, obs: Any, info: dict[str, Any] | None = None) -> Any:
+        kwargs: dict[str, Any] = {}
+        if self._masked:
+            kwargs["action_masks"] = self._ctx_env.action_masks()
+        if self._recurrent:
+            kwargs.update(state=self._state, episode_start=self._start)
+        action, state = self._model.predict(obs, deterministic=self.deterministic, **kwargs)
+        if self._recurrent:
+            self._state, self._start = state, np.zeros((1,), dtype=bool)
+        self._last = int(self._ctx_env.to_concept(action))
+        return action
 
     def action_distribution(self) -> np.ndarray | None:
         """A point mass on the latest concept when the policy acts deterministically (given what the
@@ -335,80 +440,52 @@ class SB3Agent(Agent):
             return None
         return uniform_over([self._last], self._n)  # a point mass
 
-    def observe(self, action: int, reward: float, obs: Any, info: dict[str, Any] | None = None) -> None:
-        info = info or {}
-        concept = int(info.get("action", action))
-        self.history.record(concept, float(info.get("query_reward", reward)))
-        self._obs = self.mode.observation(self.history)
-
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": self.history.state_dict(),
-            "rng": self.mode.rng.bit_generator.state,
-            "candidates": getattr(self.mode, "candidates", None),
-            "from_neighbors": getattr(self.mode, "from_neighbors", None),
-            "left": self._left,
-        }
+        """Nothing to carry between iterations but the recurrent state (the env holds the episode)."""
+        return {"state": self._state, "start": self._start, "last": self._last}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = EpisodeHistory.from_state(self._n, state["history"])
-        self.mode.rng.bit_generator.state = state["rng"]
-        self._left = state.get("left")
-        if state.get("candidates") is not None:
-            self.mode.candidates = np.asarray(state["candidates"])
-            self.mode.from_neighbors = np.asarray(state["from_neighbors"])
-            self._obs = {"context": self.mode.context(self.history), "candidates": self.mode.candidate_features(self.history)}
-        else:
-            self._obs = self.mode.context(self.history)
+        self._state, self._start, self._last = state.get("state"), state.get("start", self._start), state.get("last")
 
 
 class SlateRandomAgent(Agent):
-    """A uniformly random slot of the slate a model's action mode proposes (the proposal's own value)."""
+    """A uniformly random slot of the env's own slate (the proposal's own value, DESIGN §7): the
+    env runs in the ``slate`` mode of the model whose settings ``meta`` holds."""
 
     name = "slate_random"
+    acts_on = "env"
 
-    def __init__(self, meta: dict[str, Any]) -> None:
+    def __init__(self, meta: dict[str, Any] | None) -> None:
         self.meta = meta
 
+    def env_settings(self) -> dict[str, Any] | None:
+        env = (self.meta or {}).get("env")
+        if not isinstance(env, dict):
+            return {"action_mode": "slate"}
+        return {**{k: env[k] for k in SPACE_SETTINGS if k in env}, "action_mode": "slate"}
+
     def setup(self, ctx: AgentContext) -> None:
-        env = self.meta["env"]
-        budget = int(env["iterations"]) * int(env["queries_per_iteration"])
+        if ctx.env is None:
+            raise ValueError("slate_random acts on the env's own slate: its context needs AgentContext.from_env(env)")
+        self._ctx_env = ctx.env
         self._n = ctx.num_actions
-        self.mode = make_action_mode("slate", from_dict(ActionConfig, env.get("actions", {})), ctx.concept_embeddings,
-                                     int(env["history"]), budget)
-        self.history = EpisodeHistory(self._n, budget)
-        self.mode.reset(np.random.default_rng([int(ctx.seed), 7]))
         self.rng = np.random.default_rng([int(ctx.seed), 8])
-        self.mode.propose(self.history)
 
     def act(self, obs: Any, info: dict[str, Any] | None = None) -> int:
-        return int(self.mode.candidates[int(self.rng.integers(self.mode.K))])
+        slate = self._ctx_env.slate()
+        if slate is None:
+            raise ValueError("slate_random needs an env in slate mode")
+        return int(self.rng.integers(len(slate)))
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": self.history.state_dict(),
-            "mode_rng": self.mode.rng.bit_generator.state,
-            "rng": self.rng.bit_generator.state,
-            "candidates": self.mode.candidates,
-            "from_neighbors": getattr(self.mode, "from_neighbors", None),
-        }
+        return {"rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = EpisodeHistory.from_state(self._n, state["history"])
-        self.mode.rng.bit_generator.state = state["mode_rng"]
         self.rng.bit_generator.state = state["rng"]
-        self.mode.candidates = np.asarray(state["candidates"])
-        if state.get("from_neighbors") is not None:
-            self.mode.from_neighbors = np.asarray(state["from_neighbors"])
 
     def action_distribution(self) -> np.ndarray | None:
         """Uniform over the current slate's slots."""
-        return uniform_over(self.mode.candidates, self._n)
-
-    def observe(self, action: int, reward: float, obs: Any, info: dict[str, Any] | None = None) -> None:
-        info = info or {}
-        self.history.record(int(info.get("action", action)), float(info.get("query_reward", reward)))
-        self.mode.propose(self.history)
+        return uniform_over(self._ctx_env.slate(), self._n)
 
 
 def _handler(rest: str, **config: Any) -> Agent:

@@ -35,7 +35,8 @@ import numpy as np
 from experiments.compare import AgentSpec, RunSpec, cpu_count, execute_all, is_finished, parse_agents, run_metrics
 from ie_env.config import ConfigError, atomic_write_text, parse_overrides
 
-__all__ = ["main", "plan", "collect", "check_agents", "policy_space_problem", "episode_metrics", "TWIN"]
+__all__ = ["main", "plan", "collect", "check_agents", "policy_space_problem", "policy_env_config", "episode_metrics",
+           "TWIN"]
 
 TWIN = "@latent"  # suffix of a pixels task's latent twin in run labels
 EPISODE_FIELDS = ("gap_closed", "gap_closed_second_half", "expected_gap_closed", "expected_gap_closed_second_half",
@@ -47,34 +48,55 @@ EPISODE_FIELDS = ("gap_closed", "gap_closed_second_half", "expected_gap_closed",
 # ---------------------------------------------------------------------------------------------
 # Input checks (all before any episode runs)
 # ---------------------------------------------------------------------------------------------
-def policy_space_problem(path: str, task_id: str) -> str | None:
-    """Why a saved SB3 policy cannot act on ``task_id`` (its spaces differ), else None."""
-    from agents.sb3_agent import load_model
-    from ie_env.suite import task_spaces
+def policy_env_config(task_id: str, fidelity: str | None = None) -> Any:
+    """The held-out evaluation env of a task for a policy that acts on the env itself (an SB3 model):
+    :func:`ie_env.suite.eval_config` in the task's own action mode, i.e. the documented plain loop's
+    ``gym.make(task_id, config={"targets": {"mode": "heldout"}})`` (with full info for the run log)."""
+    from ie_env.config import merge
+    from ie_env.suite import eval_config, get_task
 
-    model, _ = load_model(path)
-    obs, act = task_spaces(task_id)
-    if model.observation_space == obs and model.action_space == act:
+    return merge(eval_config(task_id, fidelity), {"action_mode": get_task(task_id).config["action_mode"]})
+
+
+def policy_space_problem(agent: Any, task_id: str, label: str = "") -> str | None:
+    """Why an agent acting on the env itself (``acts_on == "env"``) cannot act on ``task_id`` (its
+    spaces differ from the task's), else None."""
+    from ie_env.env import env_spaces
+
+    if isinstance(agent, (str, Path)):  # a model file
+        from agents.sb3_agent import SB3Agent
+
+        agent = SB3Agent(str(agent))
+    want = agent.spaces()
+    if want is None:
         return None
-    return (f"policy {path} has observation space {model.observation_space} and action space {model.action_space}, "
+    obs, act = env_spaces(policy_env_config(task_id))
+    if want[0] == obs and want[1] == act:
+        return None
+    name = getattr(agent, "path", None) or label or type(agent).__name__
+    return (f"policy {name} has observation space {want[0]} and action space {want[1]}, "
             f"but task {task_id} has observation space {obs} and action space {act}")
 
 
-def check_agents(agents: list[AgentSpec], tasks: list[str], agent_cfg: dict[str, dict[str, Any]]) -> None:
-    """Build every agent once (unknown names fail with the registered ones listed) and refuse saved
-    policies whose observation or action space differs from a task's."""
+def check_agents(agents: list[AgentSpec], tasks: list[str], agent_cfg: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Build every agent once (unknown names fail with the registered ones listed) and refuse
+    policies whose observation or action space differs from a task's. Returns each label's
+    ``acts_on`` (``"concept"`` or ``"env"``)."""
     from agents.registry import make_agent
 
+    kinds = {}
     for a in agents:
         try:
-            make_agent(a.name, **agent_cfg.get(a.label, {}))
+            agent = make_agent(a.name, **agent_cfg.get(a.label, {}))
         except Exception as exc:
             raise ConfigError(f"agent {a.name!r}: {exc}") from exc
-        if a.name.startswith("sb3:"):
+        kinds[a.label] = getattr(agent, "acts_on", "concept")
+        if kinds[a.label] == "env":
             for t in tasks:
-                problem = policy_space_problem(a.name[4:], t)
+                problem = policy_space_problem(agent, t, a.label)
                 if problem:
                     raise ConfigError(f"refusing agent {a.label!r}: {problem}")
+    return kinds
 
 
 def agent_config(spec: AgentSpec, task_cfg: Any, user: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -88,17 +110,22 @@ def agent_config(spec: AgentSpec, task_cfg: Any, user: dict[str, dict[str, Any]]
 # Planning and reading runs
 # ---------------------------------------------------------------------------------------------
 def plan(out: Path, tasks: list[str], agents: list[AgentSpec], seeds: list[int], transfer: bool,
-         user_cfg: dict[str, dict[str, Any]]) -> list[RunSpec]:
+         user_cfg: dict[str, dict[str, Any]], acts_on: dict[str, str] | None = None) -> list[RunSpec]:
+    """One run per (task, agent, seed). Agents that pick concepts run in the task's held-out env in
+    ``vocab`` mode; agents that act on the env itself (``acts_on[label] == "env"``) in the task's
+    own action mode (:func:`policy_env_config`)."""
     from experiments.run import RunConfig
     from ie_env.suite import eval_config, get_task
 
+    acts_on = acts_on or {}
     specs = []
     for tid in tasks:
         spec = get_task(tid)
         variants = [(tid, None)] + ([(tid + TWIN, "latent")] if transfer and spec.fidelity == "pixels" else [])
         for label, fidelity in variants:
-            env = eval_config(tid, fidelity)
             for a in agents:
+                on_env = acts_on.get(a.label) == "env"
+                env = policy_env_config(tid, fidelity) if on_env else eval_config(tid, fidelity)
                 for s in seeds:
                     cfg = RunConfig(env=env, agent=a.name, agent_config=agent_config(a, env, user_cfg),
                                     seed=spec.eval_seed0 + s, log_images=False, keep_checkpoints=1, task=tid)
@@ -117,6 +144,10 @@ def episode_metrics(run_dir: Path, queries_per_iteration: int) -> dict[str, Any]
     expected = [r.get("expected_true_relevance") for r in records]  # p . g where the agent states p
     r = float(summary["random_policy_expected_relevance"])
     m = run_metrics(summary, g, rewards, queries_per_iteration, r, 1.0, expected)  # max g = 1: the targets
+    episode = summary.get("episode") or {}
+    for k in ("gap_closed", "gap_closed_second_half"):  # the env's own info["ie_episode"]: the plain loop's score
+        if episode.get(k) is not None:
+            m[k] = float(episode[k])
     out = {k: m.get(k) for k in EPISODE_FIELDS}
     out.update({"random_expected_relevance": r, "mean_relevance": float(np.mean(g)), "target": summary.get("target_concepts"),
                 "task_world_hash": summary.get("task_world_hash"), "knn_accuracy": m.get("knn_accuracy") or None,
@@ -234,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--agent-config names {unknown}, not among the agents {[a.label for a in agents]}")
         if args.seeds < 1 or args.first_seed < 0:
             raise ConfigError("--seeds must be >= 1 and --first-seed >= 0")
-        check_agents(agents, tasks, user_cfg)
+        acts_on = check_agents(agents, tasks, user_cfg)
         if (out / "runs").exists() and not (args.resume or args.overwrite):
             raise FileExistsError(f"{out} holds an earlier benchmark; pass --resume or --overwrite")
         from experiments.ray_backend import executor_from_args
@@ -247,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out / "runs")
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    specs = plan(out, tasks, agents, seeds, args.transfer, user_cfg)
+    specs = plan(out, tasks, agents, seeds, args.transfer, user_cfg, acts_on)
     todo = [s for s in specs if not is_finished(s.run_dir)]
     cpus = cpu_count()
     workers = args.workers if args.workers is not None else max(1, min(len(todo), cpus))

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,31 @@ def _rmdir_if_empty(path: Path) -> None:
         pass
 
 
+def fit_env_to_agent(cfg: RunConfig, agent: Agent) -> RunConfig:
+    """``cfg`` with an env whose spaces are those of an agent that acts on the env itself
+    (``acts_on == "env"``): unchanged when they already match, else with the env settings the agent
+    names (an ``ie-train`` model's action mode and observation settings). ``ConfigError`` naming both
+    spaces when they cannot match."""
+    if getattr(agent, "acts_on", "concept") != "env":
+        return cfg
+    from ie_env.env import env_spaces
+
+    want = agent.spaces()
+    got = env_spaces(cfg.env)
+    if want is None or (got[0] == want[0] and got[1] == want[1]):
+        return cfg
+    settings = agent.env_settings()
+    if settings:
+        from ie_env.config import merge
+
+        fitted = replace(cfg, env=merge(cfg.env, settings))
+        got2 = env_spaces(fitted.env)
+        if got2[0] == want[0] and got2[1] == want[1]:
+            return fitted
+    raise ConfigError(f"agent {cfg.agent!r} has observation space {want[0]} and action space {want[1]}, but this env has "
+                      f"observation space {got[0]} and action space {got[1]}")
+
+
 def _note_model_fidelity(agent: Agent, cfg: RunConfig) -> None:
     """A note on stderr when a trained model (``sb3:PATH``) learnt in another fidelity than this run's."""
     meta = getattr(agent, "meta", None)
@@ -171,6 +196,7 @@ class Runner:
         check_engine(cfg.env.engine)  # a missing API key or snapshot fails here, before the run dir is written
         # An unknown agent or unreadable model fails here too, before the run dir is written.
         self.agent = agent if agent is not None else make_agent(cfg.agent, **agent_kwargs(cfg, cfg.agent))
+        self.cfg = cfg = fit_env_to_agent(cfg, self.agent)
         _note_model_fidelity(self.agent, cfg)
         self.resolved = _comparable(to_dict(cfg))
         self.config_sha256 = config_digest(self.resolved)
@@ -456,8 +482,11 @@ class Runner:
 
             pbar = tqdm(total=budget, initial=env.steps, desc=f"{cfg.agent} queries", unit="q", file=sys.stderr)
         t0 = time.time()
+        on_env = getattr(agent, "acts_on", "concept") == "env"
         while env.steps < budget:
-            action = int(agent.act(obs, info))
+            env_action = agent.act(obs, info)
+            # The concept the action picks now (an agent acting on the env answers in its action space).
+            action = int(env.action_mode.to_concept(env_action, env.history)) if on_env else int(env_action)
             expected_g = self._expected_relevance(agent.action_distribution())
             if replay:
                 record = replay.pop(0)
@@ -468,7 +497,7 @@ class Runner:
                     )
                 obs, reward, _, _, info = env.restore_step(record)
             else:
-                obs, reward, _, _, info = env.step(action)
+                obs, reward, _, _, info = env.step(env_action if on_env else action)
                 record = {
                     "step": env.steps,
                     "iteration": info["iteration"],
@@ -488,7 +517,7 @@ class Runner:
                     "image_rewards": info["image_rewards"],
                 }
                 self.log.append(record)
-            agent.observe(action, reward, obs, info)
+            agent.observe(env_action if on_env else action, reward, obs, info)
             if self.rq is not None:
                 self.rq.follow(info["action"])
             self._note_query(info)
@@ -550,6 +579,8 @@ class Runner:
             "target_classes_hit_share": len(self.coverage["classes_hit"]) / len(env.world.target_ids),
             "ssl_loss_per_iteration": [s.get("ssl_loss") for s in stats],
             "random_policy_expected_relevance": float(env.world.relevance.mean()),
+            # info["ie_episode"] of the last step: the episode's score as every user's loop reads it
+            "episode": env.episode_summary() if env.steps >= env.config.query_budget else None,
             "target_concepts": env.target_class_names,
             "world_hash": env.world.fingerprint(),
             **task_record(self.cfg.task),

@@ -143,7 +143,8 @@ def run_episode(agent: Agent, env: InternetExplorerEnv, seed: int) -> dict[str, 
         done = term or trunc
     rel = env.ground_truth_relevance()
     oracle = float(np.sort(rel)[::-1][: len(g)].mean())
-    return {"mean_true_relevance": float(np.mean(g)), "oracle_fraction": float(np.mean(g)) / oracle,
+    return {"gap_closed": float(info["ie_episode"]["gap_closed"]),
+            "mean_true_relevance": float(np.mean(g)), "oracle_fraction": float(np.mean(g)) / oracle,
             "mean_query_reward": float(np.mean(q)), "theme": getattr(env, "target_theme", "")}
 
 
@@ -153,9 +154,22 @@ def compare_heldout(model_path: str | None, env_cfg: EnvConfig, agents: list[str
     (``agent_defaults[name]``: that agent's config, e.g. the GP's tier sizes)."""
     from agents.registry import make_agent
 
-    cfg = merge(heldout_config(env_cfg), {"action_mode": "vocab", "info_level": "minimal", "evaluate": False})
-    env = InternetExplorerEnv(cfg)
-    out: dict[str, Any] = {"episodes": episodes, "seed0": seed0, "budget": cfg.query_budget, "agents": {}}
+    lean = {"info_level": "minimal", "evaluate": False}
+    cfg = merge(heldout_config(env_cfg), {"action_mode": "vocab", **lean})
+    envs: dict[str, InternetExplorerEnv] = {"vocab": InternetExplorerEnv(cfg)}
+
+    def env_for(agent: Agent) -> InternetExplorerEnv:
+        """Concept-picking agents: the vocab env; a policy: the env it was trained on (held-out
+        targets), as a user's ``model.predict`` loop steps it; the random slot: its slate twin."""
+        if getattr(agent, "acts_on", "concept") != "env":
+            return envs["vocab"]
+        mode = (agent.env_settings() or {}).get("action_mode", env_cfg.action_mode)
+        if mode not in envs:
+            envs[mode] = InternetExplorerEnv(merge(heldout_config(env_cfg), {"action_mode": mode, **lean}))
+        return envs[mode]
+
+    out: dict[str, Any] = {"episodes": episodes, "seed0": seed0, "budget": cfg.query_budget, "agents": {},
+                           "score": "gap_closed: info['ie_episode']['gap_closed'] per episode (ie_env.score)"}
     names = (["policy"] if model_path else []) + list(agents)
     for name in names:
         t0 = time.time()
@@ -167,9 +181,12 @@ def compare_heldout(model_path: str | None, env_cfg: EnvConfig, agents: list[str
             agent = SlateRandomAgent(SB3Agent(model_path).meta)
         else:
             agent = make_agent(name, **(agent_defaults or {}).get(name, {}))
+        env = env_for(agent)
         rows = [run_episode(agent, env, seed0 + e) for e in range(episodes)]
         g = [r["mean_true_relevance"] for r in rows]
         out["agents"][name] = {
+            "gap_closed": float(np.mean([r["gap_closed"] for r in rows])),
+            "gap_closed_per_episode": [r["gap_closed"] for r in rows],
             "mean_true_relevance": float(np.mean(g)),
             "std_over_episodes": float(np.std(g)),
             "oracle_fraction": float(np.mean([r["oracle_fraction"] for r in rows])),
@@ -178,7 +195,8 @@ def compare_heldout(model_path: str | None, env_cfg: EnvConfig, agents: list[str
             "seconds": time.time() - t0,
         }
         if progress:
-            print(f"[ie-train] held-out {name}: g = {np.mean(g):.4f}", file=sys.stderr)
+            print(f"[ie-train] held-out {name}: gap closed = {out['agents'][name]['gap_closed']:.4f}, "
+                  f"g = {np.mean(g):.4f}", file=sys.stderr)
     out["themes"] = sorted({r["theme"] for r in rows})
     if "policy" in out["agents"] and "random" in out["agents"]:
         out["policy_over_random"] = out["agents"]["policy"]["mean_true_relevance"] / max(
@@ -292,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = train(cfg, args.logdir)
     print(json.dumps({k: v for k, v in summary.items() if k != "heldout"}))
     if "heldout" in summary:
-        print(json.dumps({k: v["mean_true_relevance"] for k, v in summary["heldout"]["agents"].items()}))
+        print(json.dumps({"heldout_gap_closed": {k: v["gap_closed"] for k, v in summary["heldout"]["agents"].items()}}))
     print(f"model: {summary['model']}  (ie-explore --agent sb3:{summary['model']}; tensorboard --logdir {args.logdir}/tb)")
     return 0
 

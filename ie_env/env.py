@@ -44,6 +44,7 @@ from ie_env.learner.surrogate import SurrogateConfig, WhiteningSurrogate
 from ie_env.query_store import QueryStore, query_key
 from ie_env.replay import ReplayBuffer
 from ie_env.reward import image_rewards, query_reward
+from ie_env.score import episode_gap_closed
 from ie_env.target_sampling import TargetSampler, TargetSamplingConfig
 from ie_env.targets import TargetConfig, TargetSet, load_target
 from ie_env.vocab.descriptors import DescriptorConfig, NoDescriptors, make_descriptor_source
@@ -136,15 +137,30 @@ def make_config(config: EnvConfig | dict | None = None, **overrides: Any) -> Env
     return merge(cfg, overrides) if overrides else cfg
 
 
+def env_spaces(config: EnvConfig | dict) -> tuple[gym.Space, gym.Space]:
+    """``(observation_space, action_space)`` of an env of ``config``, without building its world."""
+    cfg = make_config(config)
+    emb = shared_concept_embeddings(load_vocabulary(cfg.world.vocabulary))
+    mode = make_action_mode(cfg.action_mode, cfg.actions, emb, cfg.history, cfg.query_budget, cfg.mask_queried)
+    return mode.observation_space, mode.action_space
+
+
 class InternetExplorerEnv(gym.Env):
     """Targeted exploration of an image search engine, as a Gymnasium environment.
 
     ``config`` is an :class:`EnvConfig` or a (partial, nested) dict of its fields.
     """
 
-    metadata = {"render_modes": []}
+    #: ``rgb_array``: the last query's images under its concept, query reward and ``g``
+    #: (:mod:`ie_env.rendering`; the latent fidelity draws its images as the pixels fidelity would).
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
-    def __init__(self, config: EnvConfig | dict | None = None, store_dir: str | None = None, **overrides: Any) -> None:
+    def __init__(self, config: EnvConfig | dict | None = None, store_dir: str | None = None,
+                 render_mode: str | None = None, **overrides: Any) -> None:
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ConfigError(f"render_mode {render_mode!r} is not supported; valid: None, "
+                              f"{', '.join(self.metadata['render_modes'])}")
+        self.render_mode = render_mode
         self.config = make_config(config, **overrides)
         cfg = self.config
         if cfg.blas_threads > 0:
@@ -222,6 +238,33 @@ class InternetExplorerEnv(gym.Env):
         if sc is not None:
             sc._state[:] = state
         return out
+
+    def render(self) -> np.ndarray | None:
+        """``render_mode="rgb_array"``: an ``(H, W, 3)`` uint8 frame of the last query (its images under
+        the concept, query reward, ``g`` and budget spent; a blank grid before the first query). None
+        without a render mode."""
+        if self.render_mode != "rgb_array":
+            return None
+        from ie_env.rendering import query_frame
+
+        size = self.config.world.image_size
+        h = getattr(self, "history", None)
+        if not self._ready or h is None or h.t == 0:
+            return query_frame(None, ["no query yet", f"budget {self.config.query_budget} queries"], size)
+        concept = int(h.actions[h.t - 1])
+        g = float("nan") if self._web is not None else float(self.world.relevance[concept])
+        caption = [self.vocabulary[concept].name[:60],
+                   f"reward {float(h.rewards[h.t - 1]):.3f}   g {g:.2f}   query {self.steps}/{self.config.query_budget}"]
+        return query_frame(self._last_query_pixels(concept), caption, size)
+
+    def _last_query_pixels(self, concept: int) -> np.ndarray:
+        """The last query's images as pixels: the cached ones (pixels fidelity, web engines), else the
+        concept's plain-query images drawn as the pixels fidelity draws them."""
+        keys = self._episode_keys
+        if not self._latent and keys and keys[-1] in self.cache:
+            return self.cache[keys[-1]]["images"]
+        concepts, indices = self.world.search(concept, 0, self.config.images_per_query)
+        return self.world.pixels(concepts, indices, NS_WEB)
 
     def close(self) -> None:
         """Release the search engine, fetcher and snapshot recorder (web engines)."""
@@ -694,15 +737,23 @@ class InternetExplorerEnv(gym.Env):
             info["ie_episode"] = self._episode_summary()
         return (self._last_obs if observed else self._observe()), float(reward), False, truncated, info
 
+    def episode_summary(self) -> dict[str, float]:
+        """``info["ie_episode"]`` of the episode so far (what the last step of a full episode returns)."""
+        return self._episode_summary()
+
     def _episode_summary(self) -> dict[str, float]:
-        """Figures of the finished episode (for training callbacks): mean ground-truth relevance per
-        query, the oracle's (the budget's best distinct concepts) and their ratio."""
+        """Figures of the finished episode: ``gap_closed`` (the score every tool reports,
+        :mod:`ie_env.score`) and its second half, mean ground-truth relevance per query, the oracle's
+        (the budget's best distinct concepts) and their ratio (NaN scores on a web engine)."""
         h = self.history
         rel = self.world.relevance if self._web is None else np.full(len(self.world.relevance), np.nan)
         g = float(array_mean(rel[h.actions[: h.t]])) if h.t else 0.0
         n = min(h.t, len(rel))
         oracle = self._oracle_relevance(rel, n)
-        return {"mean_true_relevance": g, "oracle_relevance": oracle, "oracle_fraction": g / oracle if oracle else 0.0,
+        score = episode_gap_closed(rel, h.actions[: h.t])
+        return {"gap_closed": score["gap_closed"], "gap_closed_second_half": score["gap_closed_second_half"],
+                "random_expected_relevance": score["random_expected_relevance"],
+                "mean_true_relevance": g, "oracle_relevance": oracle, "oracle_fraction": g / oracle if oracle else 0.0,
                 "mean_query_reward": float(array_mean(h.rewards[: h.t])) if h.t else 0.0,
                 "distinct_relevant_concepts": int((rel[h.queried] >= 0.5).sum())}
 

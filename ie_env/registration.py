@@ -39,6 +39,29 @@ ENV_IDS: dict[str, dict[str, Any]] = {
 }
 
 
+#: EnvConfig's own budget (``iterations`` x ``queries_per_iteration``) where an id's defaults leave it.
+DEFAULT_ITERATIONS, DEFAULT_QUERIES_PER_ITERATION = 8, 16
+
+
+def default_budget(defaults: dict[str, Any]) -> int:
+    """The query budget of an id's defaults: its ``max_episode_steps`` (a test checks it against the
+    built env's ``config.query_budget``)."""
+    return int(defaults.get("iterations", DEFAULT_ITERATIONS)) * int(
+        defaults.get("queries_per_iteration", DEFAULT_QUERIES_PER_ITERATION))
+
+
+def warn_time_limit(env: Any, spec_steps: int) -> None:
+    """A warning when a config raises the budget above the spec's ``max_episode_steps``:
+    ``gymnasium.make``'s ``TimeLimit`` would cut episodes at ``spec_steps`` unless the caller passed
+    ``max_episode_steps`` (which the env cannot see)."""
+    budget = env.config.query_budget
+    if budget > spec_steps:
+        import warnings
+
+        warnings.warn(f"this config's query budget is {budget} queries but the id's max_episode_steps is {spec_steps}: "
+                      f"gymnasium.make(..., max_episode_steps={budget}) lets episodes run to their budget", stacklevel=3)
+
+
 def _entry(**kwargs: Any):
     from ie_env.env import InternetExplorerEnv, make_config
 
@@ -49,7 +72,17 @@ def _entry(**kwargs: Any):
         from ie_env.config import merge
 
         cfg = merge(cfg, extra)
-    return InternetExplorerEnv(cfg, **kwargs)
+    env = InternetExplorerEnv(cfg, **kwargs)
+    warn_time_limit(env, default_budget(defaults))
+    return env
+
+
+def vector_kwargs(kwargs: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """``(copy, env kwargs)`` of a vector entry point's kwargs. ``max_episode_steps`` (which
+    ``gymnasium.make_vec`` passes from the spec) is dropped: every episode ends at its query budget."""
+    kwargs = dict(kwargs)
+    kwargs.pop("max_episode_steps", None)
+    return bool(kwargs.pop("copy", True)), kwargs
 
 
 def _vector_entry(num_envs: int = 1, **kwargs: Any):
@@ -57,7 +90,7 @@ def _vector_entry(num_envs: int = 1, **kwargs: Any):
     of ``num_envs`` envs made as ``gymnasium.make`` makes one (without its wrappers)."""
     from ie_env.vector import InternetExplorerVectorEnv
 
-    copy = kwargs.pop("copy", True)
+    copy, kwargs = vector_kwargs(kwargs)
     return InternetExplorerVectorEnv([_entry(**deepcopy(kwargs)) for _ in range(int(num_envs))], copy=copy)
 
 
@@ -70,6 +103,7 @@ def register_envs() -> None:
                 entry_point="ie_env.registration:_entry",
                 vector_entry_point="ie_env.registration:_vector_entry",
                 kwargs={"_defaults": defaults},
+                max_episode_steps=default_budget(defaults),
                 disable_env_checker=False,
                 # pixels + SSL is not bit-exact across thread counts and devices
                 nondeterministic=defaults.get("world", {}).get("fidelity", "pixels") == "pixels",

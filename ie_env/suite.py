@@ -57,6 +57,11 @@ class TaskSpec:
         return f"{self.name}-v{self.version}"
 
     @property
+    def budget(self) -> int:
+        """Queries per episode (the id's ``max_episode_steps``)."""
+        return int(self.config["iterations"]) * int(self.config["queries_per_iteration"])
+
+    @property
     def nondeterministic(self) -> bool:
         """Pixels + SSL is not bit-exact across thread counts and devices."""
         return self.fidelity == "pixels"
@@ -166,6 +171,9 @@ def make_task_env(task_id: str, config: dict[str, Any] | None = None, **kwargs: 
     spec = get_task(task_id)
     cfg = task_config(task_id, config)
     env = InternetExplorerEnv(cfg, **kwargs)
+    from ie_env.registration import warn_time_limit
+
+    warn_time_limit(env, spec.budget)
     if cfg.world.vocabulary == spec.config["world"]["vocabulary"]:
         got = env.vocabulary.fingerprint()
         if got != spec.vocabulary_hash:
@@ -178,8 +186,10 @@ def make_task_env(task_id: str, config: dict[str, Any] | None = None, **kwargs: 
 def make_task_vector_env(task_id: str, num_envs: int = 1, config: dict[str, Any] | None = None, copy: bool = True,
                          **kwargs: Any) -> Any:
     """``gymnasium.make_vec``'s builder for the suite ids: a native vector env of ``num_envs`` tasks."""
+    from ie_env.registration import vector_kwargs
     from ie_env.vector import InternetExplorerVectorEnv
 
+    copy, kwargs = vector_kwargs({**kwargs, "copy": copy})
     envs = [make_task_env(task_id, config, **kwargs) for _ in range(int(num_envs))]
     return InternetExplorerVectorEnv(envs, copy=copy)
 
@@ -191,6 +201,7 @@ def register_suite() -> None:
         if spec.id not in gym.registry:
             gym.register(id=spec.id, entry_point="ie_env.suite:make_task_env",
                          vector_entry_point="ie_env.suite:make_task_vector_env", kwargs={"task_id": spec.id},
+                         max_episode_steps=spec.budget,
                          nondeterministic=spec.nondeterministic, disable_env_checker=False)
 
 

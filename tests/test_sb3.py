@@ -159,23 +159,26 @@ def test_short_learning_beats_random_and_the_untrained_policy(algo, tmp_path):
         path = save_model(model, tmp_path / "m.zip", {"algo": "ppo", "action_mode": "slate", "policy": "SlatePolicy",
                                                       "env": _env_dict(TINY)})
         assert read_model_meta(path)["algo"] == "ppo"
-        vocab_env = InternetExplorerEnv({**TINY, "action_mode": "vocab"})
-        res = run_episode(SB3Agent(str(path)), vocab_env, seed=100)
+        slate_env = InternetExplorerEnv(TINY)  # the policy acts on the env it was trained on, as model.predict does
+        res = run_episode(SB3Agent(str(path)), slate_env, seed=100)
         assert res["mean_true_relevance"] > 2.0 * uniform
-        res_slot = run_episode(SlateRandomAgent(read_model_meta(path)), vocab_env, seed=100)
+        res_slot = run_episode(SlateRandomAgent(read_model_meta(path)), slate_env, seed=100)
         assert 0.0 <= res_slot["mean_true_relevance"] <= 1.0
         # What each agent states it drew from: a point mass on the deterministic policy's concept, a
-        # uniform draw over the slate's slots for the random slot.
+        # uniform draw over the env's own slate for the random slot.
         agent, slot_agent = SB3Agent(str(path)), SlateRandomAgent(read_model_meta(path))
-        ctx = AgentContext.from_env(vocab_env, seed=5)
+        obs, _ = slate_env.reset(seed=5)
+        ctx = AgentContext.from_env(slate_env, seed=5)
         agent.setup(ctx)
         slot_agent.setup(ctx)
-        a = agent.act(None, {})
+        a = agent.act(obs, {})
+        assert a == model.predict(obs, deterministic=True)[0]
         p = agent.action_distribution()
-        assert p[a] == 1.0 and p.sum() == 1.0
-        b = slot_agent.act(None, {})
+        assert p[ctx.env.to_concept(a)] == 1.0 and p.sum() == 1.0
+        b = slot_agent.act(obs, {})
         q = slot_agent.action_distribution()
-        assert q[b] > 0 and q.sum() == pytest.approx(1.0) and set(np.flatnonzero(q)) == set(slot_agent.mode.candidates.tolist())
+        assert 0 <= b < 8 and q.sum() == pytest.approx(1.0)
+        assert set(np.flatnonzero(q)) == set(slate_env.action_mode.candidates.tolist())
         assert SB3Agent(str(path), deterministic=False).action_distribution() is None
 
 
@@ -193,7 +196,7 @@ def test_sb3_prefix_reaches_make_agent_and_bad_file_is_refused(tmp_path):
 
     bad = tmp_path / "nope.zip"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not a model saved by ie-train"):
+    with pytest.raises(ValueError, match="not a Stable-Baselines3 model file"):
         make_agent(f"sb3:{bad}")
     with pytest.raises(ValueError, match="not found"):
         make_agent(f"sb3:{tmp_path / 'missing.zip'}")

@@ -205,6 +205,16 @@ class EmbeddedWorld:
         lat = self.image_latents(concepts, indices, namespace)
         if self.cfg.fidelity == "latent":
             return lat.astype(np.float32)
+        return self._render(lat, concepts, indices, namespace)
+
+    def pixels(self, concepts: np.ndarray, indices: np.ndarray, namespace: int = NS_WEB) -> np.ndarray:
+        """Images as the pixels fidelity draws them (uint8 ``(n, S, S, 3)``), in either fidelity: the
+        latent world's ``render_mode="rgb_array"`` frames show these."""
+        concepts = np.asarray(concepts, dtype=np.int64)
+        indices = np.asarray(indices, dtype=np.int64)
+        return self._render(self.image_latents(concepts, indices, namespace), concepts, indices, namespace)
+
+    def _render(self, lat: np.ndarray, concepts: np.ndarray, indices: np.ndarray, namespace: int) -> np.ndarray:
         keys = mix64(np.uint64(self.seed + 7), np.uint64(namespace), concepts.astype(np.uint64), indices.astype(np.uint64))
         return self.renderer.render(lat.astype(np.float32), keys.astype(np.int64) & np.int64(0x7FFFFFFFFFFFFFFF))
 
