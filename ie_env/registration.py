@@ -87,11 +87,23 @@ def vector_kwargs(kwargs: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
 
 def _vector_entry(num_envs: int = 1, **kwargs: Any):
     """``gymnasium.make_vec``'s builder for these ids: :class:`~ie_env.vector.InternetExplorerVectorEnv`
-    of ``num_envs`` envs made as ``gymnasium.make`` makes one (without its wrappers)."""
+    of ``num_envs`` envs made as ``gymnasium.make`` makes one (without its wrappers); with ``device`` the
+    batched torch backend of the latent fidelity (:class:`~ie_env.batched.BatchedLatentVectorEnv`)."""
+    if kwargs.get("device") is not None:
+        return _batched_entry(num_envs, **kwargs)
     from ie_env.vector import InternetExplorerVectorEnv
 
     copy, kwargs = vector_kwargs(kwargs)
     return InternetExplorerVectorEnv([_entry(**deepcopy(kwargs)) for _ in range(int(num_envs))], copy=copy)
+
+
+def _batched_entry(num_envs: int, device: str, _defaults: dict[str, Any], config: dict | None = None, **_: Any):
+    from ie_env.batched import BatchedLatentVectorEnv
+    from ie_env.config import merge
+    from ie_env.env import make_config
+
+    cfg = make_config(deepcopy(_defaults))
+    return BatchedLatentVectorEnv(merge(cfg, config) if config else cfg, num_envs, device=device)
 
 
 def register_envs() -> None:

@@ -184,8 +184,14 @@ def make_task_env(task_id: str, config: dict[str, Any] | None = None, **kwargs: 
 
 
 def make_task_vector_env(task_id: str, num_envs: int = 1, config: dict[str, Any] | None = None, copy: bool = True,
-                         **kwargs: Any) -> Any:
-    """``gymnasium.make_vec``'s builder for the suite ids: a native vector env of ``num_envs`` tasks."""
+                         device: str | None = None, **kwargs: Any) -> Any:
+    """``gymnasium.make_vec``'s builder for the suite ids: a native vector env of ``num_envs`` tasks, or with
+    ``device`` (``"cpu"``, ``"cuda"``) the batched torch backend of a latent task
+    (:class:`~ie_env.batched.BatchedLatentVectorEnv`)."""
+    if device is not None:
+        from ie_env.batched import BatchedLatentVectorEnv
+
+        return BatchedLatentVectorEnv(task_config(task_id, config), num_envs, device=device, task_id=task_id)
     from ie_env.registration import vector_kwargs
     from ie_env.vector import InternetExplorerVectorEnv
 

@@ -1,0 +1,49 @@
+"""Slate proposals of one episode, drawn exactly as :meth:`ie_env.actions.SlateMode.propose` draws them.
+
+The batched env keeps each episode's own ``numpy`` Generator (seeded as the scalar env seeds its slate
+mode) and calls :func:`propose` once per episode and step, so that the candidates equal the scalar
+env's for the same seeds and actions. The draws are a few small ``numpy`` calls; the features of the
+candidates are computed for the whole batch at once (:mod:`ie_env.batched.env`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["propose"]
+
+
+def propose(rng: np.random.Generator, queried: np.ndarray, last_reward: np.ndarray, t: int, neighbors: np.ndarray,
+            K: int, seeds: int, share: float, out: np.ndarray) -> int:
+    """Write the next slate's ``K`` concepts into ``out`` and return how many came from neighbours of the
+    best concepts so far (they come first). ``queried`` and ``last_reward`` are the episode's per-concept
+    arrays, ``t`` its queries so far, ``neighbors`` the ``(N, m)`` text neighbours of every concept."""
+    n_concepts = len(queried)
+    chosen: list[int] = []
+    taken = queried.copy()
+    if t:
+        ids = np.flatnonzero(queried)
+        top = ids[np.argsort(-last_reward[ids], kind="stable")[:seeds]]
+        pool = neighbors[top].ravel()
+        pool = pool[~taken[pool]]
+        if len(pool):
+            pool = np.unique(pool)
+            n_nb = min(len(pool), int(round(share * K)))  # noqa: RUF046  (as SlateMode.propose)
+            pick = rng.choice(pool, size=n_nb, replace=False) if n_nb < len(pool) else pool
+            chosen = pick.tolist()
+            taken[pick] = True
+    n_nb = len(chosen)
+    free = n_concepts - int(np.count_nonzero(taken))
+    if free >= K - n_nb:
+        while len(chosen) < K:
+            for c in rng.integers(0, n_concepts, size=2 * (K - len(chosen)) + 4).tolist():
+                if not taken[c]:
+                    taken[c] = True
+                    chosen.append(c)
+                    if len(chosen) == K:
+                        break
+    else:  # nearly everything was queried: fill with any concepts (repeats allowed)
+        chosen += np.flatnonzero(~taken).tolist()
+        chosen += rng.integers(0, n_concepts, size=K - len(chosen)).tolist()
+    out[:] = chosen
+    return n_nb
