@@ -36,7 +36,7 @@ class CopyConfig:
     grid: int = 3  # window positions per axis at each scale
     threshold: float = 0.93  # cosine of two copies
     dhash_distance: int = 4  # Hamming distance of two copies' dHashes (<= this); -1 disables dHash
-    dhash_confirm: float = 0.8  # a dHash pair counts only if the whole-image descriptors' cosine reaches this
+    dhash_confirm: float = 0.9  # a dHash pair counts only if the whole-image descriptors' cosine reaches this
     neighbours: int = 8  # candidates per window searched
 
     def validate(self) -> None:
