@@ -96,7 +96,8 @@ def _table(head: list[str], rows: list[tuple[Any, ...]]) -> list[str]:
 # What the id pins
 # ---------------------------------------------------------------------------------------------
 def _config(env: Any) -> Any:
-    return env.unwrapped.config
+    """The env's ``EnvConfig``, or None for an id whose env has none (its page then shows the spaces only)."""
+    return getattr(env.unwrapped, "config", None)
 
 
 def _summary(env_id: str) -> str:
@@ -167,8 +168,11 @@ def _short(cfg: Any) -> dict[str, Any]:
 def info_keys(env_id: str) -> dict[str, list[str]]:
     """The info keys of ``reset``, a plain step, an iteration-closing step and the last step."""
     probe = gym.make(env_id)
-    over = _short(_config(probe))
+    cfg = _config(probe)
     probe.close()
+    if cfg is None:
+        return {}
+    over = _short(cfg)
     env = gym.make(env_id, config=over)
     _, info0 = env.reset(seed=0)
     steps = []
@@ -240,18 +244,22 @@ def static_part(env_id: str) -> str:
     head = ["key", "type", "shape", "range"]
     lines = [MARK, "", f"# {env_id}", "", _summary(env_id), "", "```python", "import gymnasium as gym",
              "import ie_env  # registers the ids", "", f'env = gym.make("{env_id}")', "obs, info = env.reset(seed=0)",
-             "```", "", f"Deterministic for a seed: {det}.",
-             "", "## What it pins", "", *_table(["", ""], config_rows(cfg)),
-             "", "Any field can be overridden: `gym.make(id, config={...})` (nested dicts of `EnvConfig` fields).",
-             "", "## Observation space", "", *_table(head, space_rows(env.observation_space)),
-             "", "## Action space", "", *_table(head, space_rows(env.action_space)),
-             "", "## Reward", "", reward_text(cfg), "", "## Episode end", "", termination_text(cfg), ""]
+             "```", "", f"Deterministic for a seed: {det}.", ""]
+    if cfg is not None:
+        lines += ["## What it pins", "", *_table(["", ""], config_rows(cfg)), "",
+                  "Any field can be overridden: `gym.make(id, config={...})` (nested dicts of `EnvConfig` fields).", ""]
+    lines += ["## Observation space", "", *_table(head, space_rows(env.observation_space)),
+              "", "## Action space", "", *_table(head, space_rows(env.action_space)), ""]
+    if cfg is not None:
+        lines += ["## Reward", "", reward_text(cfg), "", "## Episode end", "", termination_text(cfg), ""]
     env.close()
     return "\n".join(lines)
 
 
 def info_part(env_id: str) -> str:
     keys = info_keys(env_id)
+    if not keys:
+        return "## Info keys\n\nThis id's env has no `EnvConfig`: see its module's documentation.\n"
     lines = ["## Info keys", "", "Read from a short episode of this id (one iteration of 3 queries):", ""]
     lines += _table(["when", "keys"], [(k, ", ".join(f"`{x}`" for x in v) or "—") for k, v in keys.items()])
     return "\n".join(lines + [""])
@@ -279,8 +287,12 @@ def index_page(ids: list[str]) -> str:
         env = gym.make(i)
         cfg = _config(env)
         env.close()
+        suite = "versioned task" if i in TASKS else "—"
+        if cfg is None:
+            rows.append((f"[`{i}`]({i}.md)", "—", "—", "—", "—", suite))
+            continue
         rows.append((f"[`{i}`]({i}.md)", cfg.world.fidelity, f"`{cfg.action_mode}`", cfg.targets.mode,
-                     f"{cfg.iterations} × {cfg.queries_per_iteration}", "versioned task" if i in TASKS else "—"))
+                     f"{cfg.iterations} × {cfg.queries_per_iteration}", suite))
     lines = [MARK, "", "# Environment ids", "", "`import ie_env` registers every id below with Gymnasium; "
              "`gymnasium.make_vec(id, num_envs=N)` builds the package's own vector env for each.", "",
              *_table(["id", "fidelity", "action mode", "targets", "budget", "suite"], rows), "",
