@@ -2,8 +2,8 @@
 
 ``python -m experiments.config_doc`` rewrites the page; ``--check`` exits 1 when the page and the code
 disagree (a test runs the same comparison). The walk starts at the run config (``ie-explore``), the
-training config (``ie-train``), ``ie-compare``'s ``compare:`` section, every engine's ``options`` and every agent's ``agent_config``, so each
-row names a key the way ``--set`` spells it.
+training config (``ie-train``), ``ie-compare``'s ``compare:`` section, every engine's ``options``
+and every agent's ``agent_config``, so each row names a key the way ``--set`` spells it.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def roots() -> list[tuple[str, type]]:
     from experiments.train import TrainConfig
     from ie_env.web_search import ENGINE_NAMES, _options_class
 
-    out: list[tuple[str, type]] = [("", RunConfig), ("ie-train: ", TrainConfig), ("ie-compare: compare.", CompareSettings)]
+    out: list[tuple[str, type]] = [("", RunConfig), ("ie-train: ", TrainConfig),
+                                   ("ie-compare: compare.", CompareSettings)]
     for name in ENGINE_NAMES:
         if name in ("embedded", "replay"):
             continue
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     text = render()
     if args.check:
         ok = DOC.is_file() and DOC.read_text() == text
-        print("docs/config.md is up to date" if ok else "docs/config.md is out of date: run python -m experiments.config_doc")
+        print("docs/config.md is up to date" if ok
+              else "docs/config.md is out of date: run python -m experiments.config_doc")
         return 0 if ok else 1
     DOC.write_text(text)
     print(f"wrote {DOC}")

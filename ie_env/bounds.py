@@ -7,11 +7,13 @@ make the process allocate bounded: ``env.images_per_query=100000000`` is refused
 key, the value and the maximum, before anything is allocated or a run directory is made.
 
 ``BOUNDS`` maps a config dataclass (by class name, so that this module imports nothing of the
-project; config class names are unique, which a test checks) to ``{field: Bound}``. ``ie_env.config.from_dict`` checks them after the class's own
-``validate``. A list or tuple of sizes (``env.knn_k``, ``tier_sizes``) is checked item by item;
-``None`` (where a field allows it) passes. ``DERIVED`` holds limits on products of several fields
-(the memory one setting alone cannot bound). ``docs/config.md`` is generated from both tables
-(``python scripts/config_doc.py``), and a test keeps the page and the code in agreement.
+project; config class names are unique, which a test checks) to ``{field: Bound}``.
+``ie_env.config.from_dict`` checks them before the class's own ``validate`` (so that the message
+names the whole dotted key). A list or tuple of sizes (``env.knn_k``, ``tier_sizes``) is checked
+item by item; ``None`` (where a field allows it) passes. ``DERIVED`` holds limits on products of
+several fields (the memory one setting alone cannot bound). ``docs/config.md`` is generated from
+both tables (``python -m experiments.config_doc``), and a test keeps the page and the code in
+agreement.
 
 Seeds are identifiers, not sizes, and have no bounds.
 """
