@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ie_env.bounds import BOUNDS, DERIVED, EXEMPT, Bound, _fmt, class_key
+from ie_env.bounds import BOUNDS, DERIVED, EXEMPT, Bound, class_key, fmt_number
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 
@@ -89,8 +89,8 @@ def is_size_type(tp: Any) -> bool:
 def _default(cls: type, name: str) -> str:
     value = getattr(cls(), name)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_fmt(v) if isinstance(v, (int, float)) else str(v) for v in value) + "]"
-    return _fmt(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+        return "[" + ", ".join(fmt_number(v) if isinstance(v, (int, float)) else str(v) for v in value) + "]"
+    return fmt_number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def rows() -> list[tuple[str, str, Bound, str]]:
@@ -107,12 +107,12 @@ def rows() -> list[tuple[str, str, Bound, str]]:
 def render() -> str:
     lines = [HEADER, "| key | class | default | minimum | maximum | notes |", "|---|---|---|---|---|---|"]
     for key, cls, b, default in rows():
-        lines.append(f"| `{key}` | {cls} | {default} | {_fmt(b.lo)} | {_fmt(b.hi)} | {b.why} |")
+        lines.append(f"| `{key}` | {cls} | {default} | {fmt_number(b.lo)} | {fmt_number(b.hi)} | {b.why} |")
     lines += ["", "## Limits on products of several keys", "",
               "| class | name | product | maximum (bytes) | notes |", "|---|---|---|---|---|"]
     for cls, ds in DERIVED.items():
         for d in ds:
-            lines.append(f"| {cls} | `{d.name}` | {d.formula} | {_fmt(d.hi)} | {d.why} |")
+            lines.append(f"| {cls} | `{d.name}` | {d.formula} | {fmt_number(d.hi)} | {d.why} |")
     lines += ["", "Exempt integer keys (identifiers, not sizes): " + ", ".join(f"`{k}`" for k in sorted(EXEMPT)), ""]
     return "\n".join(lines)
 
