@@ -2,8 +2,8 @@
 
 ``python -m experiments.config_doc`` rewrites the page; ``--check`` exits 1 when the page and the code
 disagree (a test runs the same comparison). The walk starts at the run config (``ie-explore``), the
-training config (``ie-train``), ``ie-compare``'s ``compare:`` section, every engine's ``options`` and every agent's ``agent_config``, so each
-row names a key the way ``--set`` spells it.
+training config (``ie-train``), ``ie-compare``'s ``compare:`` section, every engine's ``options``
+and every agent's ``agent_config``, so each row names a key the way ``--set`` spells it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ie_env.bounds import BOUNDS, DERIVED, EXEMPT, Bound, _fmt, class_key
+from ie_env.bounds import BOUNDS, DERIVED, EXEMPT, Bound, class_key, fmt_number
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 
@@ -42,7 +42,8 @@ def roots() -> list[tuple[str, type]]:
     from experiments.train import TrainConfig
     from ie_env.web_search import ENGINE_NAMES, _options_class
 
-    out: list[tuple[str, type]] = [("", RunConfig), ("ie-train: ", TrainConfig), ("ie-compare: compare.", CompareSettings)]
+    out: list[tuple[str, type]] = [("", RunConfig), ("ie-train: ", TrainConfig),
+                                   ("ie-compare: compare.", CompareSettings)]
     for name in ENGINE_NAMES:
         if name in ("embedded", "replay"):
             continue
@@ -88,8 +89,8 @@ def is_size_type(tp: Any) -> bool:
 def _default(cls: type, name: str) -> str:
     value = getattr(cls(), name)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_fmt(v) if isinstance(v, (int, float)) else str(v) for v in value) + "]"
-    return _fmt(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+        return "[" + ", ".join(fmt_number(v) if isinstance(v, (int, float)) else str(v) for v in value) + "]"
+    return fmt_number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def rows() -> list[tuple[str, str, Bound, str]]:
@@ -106,12 +107,12 @@ def rows() -> list[tuple[str, str, Bound, str]]:
 def render() -> str:
     lines = [HEADER, "| key | class | default | minimum | maximum | notes |", "|---|---|---|---|---|---|"]
     for key, cls, b, default in rows():
-        lines.append(f"| `{key}` | {cls} | {default} | {_fmt(b.lo)} | {_fmt(b.hi)} | {b.why} |")
+        lines.append(f"| `{key}` | {cls} | {default} | {fmt_number(b.lo)} | {fmt_number(b.hi)} | {b.why} |")
     lines += ["", "## Limits on products of several keys", "",
               "| class | name | product | maximum (bytes) | notes |", "|---|---|---|---|---|"]
     for cls, ds in DERIVED.items():
         for d in ds:
-            lines.append(f"| {cls} | `{d.name}` | {d.formula} | {_fmt(d.hi)} | {d.why} |")
+            lines.append(f"| {cls} | `{d.name}` | {d.formula} | {fmt_number(d.hi)} | {d.why} |")
     lines += ["", "Exempt integer keys (identifiers, not sizes): " + ", ".join(f"`{k}`" for k in sorted(EXEMPT)), ""]
     return "\n".join(lines)
 
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     text = render()
     if args.check:
         ok = DOC.is_file() and DOC.read_text() == text
-        print("docs/config.md is up to date" if ok else "docs/config.md is out of date: run python -m experiments.config_doc")
+        print("docs/config.md is up to date" if ok
+              else "docs/config.md is out of date: run python -m experiments.config_doc")
         return 0 if ok else 1
     DOC.write_text(text)
     print(f"wrote {DOC}")

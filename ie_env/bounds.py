@@ -7,11 +7,13 @@ make the process allocate bounded: ``env.images_per_query=100000000`` is refused
 key, the value and the maximum, before anything is allocated or a run directory is made.
 
 ``BOUNDS`` maps a config dataclass (by class name, so that this module imports nothing of the
-project; config class names are unique, which a test checks) to ``{field: Bound}``. ``ie_env.config.from_dict`` checks them after the class's own
-``validate``. A list or tuple of sizes (``env.knn_k``, ``tier_sizes``) is checked item by item;
-``None`` (where a field allows it) passes. ``DERIVED`` holds limits on products of several fields
-(the memory one setting alone cannot bound). ``docs/config.md`` is generated from both tables
-(``python scripts/config_doc.py``), and a test keeps the page and the code in agreement.
+project; config class names are unique, which a test checks) to ``{field: Bound}``.
+``ie_env.config.from_dict`` checks them before the class's own ``validate`` (so that the message
+names the whole dotted key). A list or tuple of sizes (``env.knn_k``, ``tier_sizes``) is checked
+item by item; ``None`` (where a field allows it) passes. ``DERIVED`` holds limits on products of
+several fields (the memory one setting alone cannot bound). ``docs/config.md`` is generated from
+both tables (``python -m experiments.config_doc``), and a test keeps the page and the code in
+agreement.
 
 Seeds are identifiers, not sizes, and have no bounds.
 """
@@ -269,20 +271,21 @@ def bound_violations(obj: Any, prefix: str = "") -> list[str]:
                 continue
             above = not math.isnan(v) and v > b.hi
             what = f"{prefix}{name}" + (f" item {v!r}" if many else f"={v!r}")
-            out.append(f"{what} is {'above its maximum ' + _fmt(b.hi) if above else 'below its minimum ' + _fmt(b.lo)}"
-                       f" (allowed {_fmt(b.lo)}..{_fmt(b.hi)}{'; ' + b.why if b.why else ''}; {see})")
+            out.append(f"{what} is {'above its maximum ' + fmt_number(b.hi) if above else 'below its minimum ' + fmt_number(b.lo)}"
+                       f" (allowed {fmt_number(b.lo)}..{fmt_number(b.hi)}{'; ' + b.why if b.why else ''}; {see})")
             break
     if out:
         return out
     for d in DERIVED.get(key, []):
         v = d.value(obj)
         if v > d.hi:
-            out.append(f"{prefix}{d.name} = {d.formula} = {v!r} bytes is above its maximum {_fmt(d.hi)} bytes "
+            out.append(f"{prefix}{d.name} = {d.formula} = {v!r} bytes is above its maximum {fmt_number(d.hi)} bytes "
                        f"({d.why}; {see})")
     return out
 
 
-def _fmt(v: float) -> str:
+def fmt_number(v: float) -> str:
+    """A limit as messages and docs show it: ``10_000``, ``4096``, ``0.5``."""
     if isinstance(v, float) and not v.is_integer():
         return f"{v:g}"
     return f"{int(v):,}".replace(",", "_") if abs(v) >= 10_000 else str(int(v))

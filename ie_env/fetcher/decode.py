@@ -105,8 +105,9 @@ def _bytes_per_pixel(mode: str) -> int:
 
 def decode_cost(img: Image.Image) -> int:
     """Bytes that decoding ``img`` (at its current, possibly drafted, size) allocates at once, at
-    most: the decoded pixels, the orientation copy, and the conversion to RGB (through RGBA plus a
-    mask when it has transparency)."""
+    most: the decoded pixels, a second copy (turning it to its EXIF orientation; its orientation is
+    not known before decoding), and the conversion to RGB (through RGBA plus a mask when it has
+    transparency)."""
     w, h = img.size
     px = w * h
     cost = 2 * px * _bytes_per_pixel(img.mode)
@@ -152,14 +153,17 @@ def decode_image(data: bytes, cfg: FetchConfig, budget: ByteBudget | None = None
         with budget.hold(decode_cost(img)) if budget is not None else nullcontext():
             try:
                 img.load()
-                out = _to_rgb(ImageOps.exif_transpose(img) or img)
+                ImageOps.exif_transpose(img, in_place=True)  # no copy unless it has to turn
+                out = _to_rgb(img)
             except Image.DecompressionBombError as exc:
                 raise FetchError(Reason.DECOMPRESSION_BOMB, str(exc)) from None
             except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
                 raise _decode_reason(exc) from None
             if out is not img:
-                img.close()  # the decoded original: only the oriented RGB copy is needed from here
+                img.close()  # the decoded original: only its RGB conversion is needed from here
             out = _fit(out, cfg)
+            if out is img:
+                out = img.copy()  # already at its stored size: outlive the file it was read from
     return Decoded(image=out, format=fmt, orig_width=w, orig_height=h)
 
 
