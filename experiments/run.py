@@ -250,9 +250,12 @@ class Runner:
 
     def close(self) -> None:
         """Release the run directory (its lock); the OS does the same when the process dies."""
-        if self.lock is not None:
+        if getattr(self, "lock", None) is not None:
             self.lock.release()
             self.lock = None
+
+    def __del__(self) -> None:  # a Runner dropped without run(): its lock goes with it
+        self.close()
 
     def holds_run(self) -> bool:
         """Whether the directory holds (part of) a run: its config, log, checkpoints or summary."""
