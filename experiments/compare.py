@@ -524,14 +524,18 @@ def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 def world_reference(cfg: Any) -> dict[str, Any]:
     """The random policy's expected g (mean over the vocabulary) and the oracle value (max g).
 
-    On a search engine (``env.engine.name`` other than ``embedded``) ground truth is unknown: the
-    reference says so (``ground_truth`` False, values None) and every g-based figure is None, while
-    rewards, k-NN, the linear probe and their paired differences are still defined."""
+    On a search engine (``env.engine.name`` other than ``embedded``), or with a user's target set
+    (``env.target.kind`` other than ``embedded``), ground truth is unknown: the reference says so
+    (``ground_truth`` False, values None) and every g-based figure is None, while rewards, k-NN, the
+    linear probe and their paired differences are still defined."""
     from threadpoolctl import threadpool_limits
 
-    if cfg.env.engine.name != "embedded":
-        return {"ground_truth": False, "engine": cfg.env.engine.name, "random_expected_relevance": None,
-                "oracle_value": None, "oracle_definition": "undefined: ground-truth relevance is unknown on a search engine",
+    from experiments.run import has_ground_truth
+
+    if not has_ground_truth(cfg.env):
+        return {"ground_truth": False, "engine": cfg.env.engine.name, "target": cfg.env.target.kind,
+                "random_expected_relevance": None, "oracle_value": None,
+                "oracle_definition": "undefined: g is unknown (a search engine or a user's target set)",
                 "concepts": None, "concepts_with_g_at_least_half": None, "world_hash": None}
 
     from ie_env.env import InternetExplorerEnv
@@ -662,8 +666,9 @@ def results_table(res: dict[str, Any]) -> str:
             "",
             (f"{res['query_budget']} queries ({res['iterations']} iterations x {res['queries_per_iteration']}), "
              f"seeds {res['seeds'][0]}–{res['seeds'][-1]}, mean ± std over seeds; engine {ref.get('engine')}."),
-            ("Ground-truth relevance g is unknown on a search engine: gap closed, cumulative g and coverage are "
-             "undefined (—). k-NN (weighted, k = 20, T = 0.07) and the linear probe on the target test split are defined."),
+            ("Ground-truth relevance g is unknown (a search engine or a user's target set): gap closed, "
+             "cumulative g and coverage are undefined (—). k-NN (weighted, k = 20, T = 0.07) and the linear "
+             "probe on the target test split are defined."),
         ]
     if res.get("target_only_matched_to"):
         notes.append(f"target_only: SSL on the target train split alone, as many SSL images and steps as {res['target_only_matched_to']}'s run of the same seed.")
@@ -690,7 +695,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="keep finished runs in --out, run the missing or unfinished ones")
     g.add_argument("--overwrite", action="store_true", help="delete earlier results in --out first")
-    p.add_argument("--bootstrap-reps", type=int, default=DEFAULT_REPS, help="resamples of the paired differences' interval")
+    p.add_argument("--bootstrap-reps", type=int, default=DEFAULT_REPS,
+                   help="resamples of the paired differences' interval")
     p.add_argument("--bootstrap-seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     from experiments.ray_backend import add_ray_arguments

@@ -597,15 +597,23 @@ class Runner:
         }
         for k in (10, 200):
             out[f"knn_accuracy_k{k}"] = [h[k] for h in knn if k in h]
-        if env.config.engine.name != "embedded":
+        if not has_ground_truth(env.config):
             out.update(unknown_ground_truth(out, env.config.engine.name))
         return out
 
 
+def has_ground_truth(env_cfg: EnvConfig) -> bool:
+    """Whether ground-truth relevance g means anything for runs of ``env_cfg``: only in the embedded
+    world searched for its own hidden targets. A search engine's images have no g, and with a user's
+    target set (``target.kind`` imagefolder / torchvision) the world's g measures closeness to the
+    world's targets, not to that set."""
+    return env_cfg.engine.name == "embedded" and env_cfg.target.kind == "embedded"
+
+
 def unknown_ground_truth(summary: dict[str, Any], engine: str) -> dict[str, Any]:
-    """What a run on a search engine reports instead of ground-truth figures: None (unknown, not 0)
-    for every figure computed from ``g``, and no embedded-world identity (its hash and target theme
-    describe a world the run never searched)."""
+    """What a run without ground truth (:func:`has_ground_truth`) reports instead of its figures: None
+    (unknown, not 0) for every figure computed from ``g``, and no embedded-world identity (its hash
+    covers the world's own target theme, which is not this run's target)."""
     per_iter = len(summary.get("mean_reward_per_iteration", []))
     out: dict[str, Any] = {"engine": engine, "ground_truth": False, "world_hash": None,
                            "random_policy_expected_relevance": None, "distinct_relevant_concepts": None,

@@ -107,6 +107,7 @@ def run_target_only(run_cfg: Any, images_per_iteration: list[int], logdir: str |
     Writes ``config.yaml``, ``summary.json`` and TensorBoard scalars (same tags as ``ie-explore``)
     under ``logdir`` when given; returns the summary.
     """
+    from experiments.run import has_ground_truth
     from ie_env.env import InternetExplorerEnv
 
     t0 = time.time()
@@ -156,8 +157,8 @@ def run_target_only(run_cfg: Any, images_per_iteration: list[int], logdir: str |
         "ssl_images_per_iteration": [int(n) for n in images_per_iteration],
         "ssl_steps_per_iteration": steps,
         "ssl_loss_per_iteration": losses,
-        # On a search engine the embedded world only lends its vocabulary: no world to name.
-        "world_hash": env.world.fingerprint() if run_cfg.env.engine.name == "embedded" else None,
+        # Without ground truth (a search engine, a user's target set) no embedded world to name.
+        "world_hash": env.world.fingerprint() if has_ground_truth(run_cfg.env) else None,
         "seconds_this_process": time.time() - t0,
     }
     for k in (10, 200):

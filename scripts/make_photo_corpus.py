@@ -9,7 +9,7 @@ scikit-learn (``sklearn.datasets.load_sample_images``: ``china.jpg``, a temple, 
 both by danielbuechele on Flickr, CC BY 2.0). The corpus holds random crops of the photos' right
 halves captioned with concepts of the embedded vocabulary (``temple``, flower species), and as
 distractors procedurally drawn scenes (sky, sea, grass, sand, brick, aircraft silhouettes) captioned
-with their own concepts; the target's crops come from the photos' left halves, so no target image is
+by what they show; the target's crops come from the photos' left halves, so no target image is
 in the corpus. Deterministic for a given seed.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-#: Concept lemma (embedded vocabulary) -> (photo name or None for a drawn scene, caption template).
+#: Lemmas of the embedded vocabulary captioning crops of flower.jpg, and the drawn distractor scenes.
 FLOWERS = ("flower", "daisy", "dahlia", "aster", "anemone")
 SCENES = ("sky", "sea", "grass", "sand", "brick", "airliner", "biplane")
 ATTRIBUTION = """Photographs: scikit-learn's sample images (sklearn.datasets.load_sample_images).

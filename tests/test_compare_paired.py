@@ -18,7 +18,7 @@ from tests.conftest import latent_config, pixel_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_photo_corpus import make_corpus  # noqa: E402
+from make_photo_corpus import make_corpus
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -97,7 +97,7 @@ def test_compare_on_a_local_photo_corpus_completes_with_paired_knn_and_probe(tmp
     assert gp["mean_reward_per_iteration"]["n"] == 3 and gp["final_knn_accuracy"]["n"] == 3
     assert res["results"]["target_only"]["linear_probe_accuracy"]["n"] == 3
     assert (out / "results.md").is_file() and (out / "reward.png").is_file() and (out / "knn.png").is_file()
-    assert "unknown on a search engine" in (out / "results.md").read_text()
+    assert "g is unknown (a search engine" in (out / "results.md").read_text()
     summary = json.loads((out / "runs/gp/seed0/summary.json").read_text())
     for key in ("random_policy_expected_relevance", "distinct_relevant_concepts", "new_relevant_images",
                 "target_classes_hit_share", "world_hash"):
@@ -131,3 +131,14 @@ def test_cpu_configs_size_the_gp_tiers_to_the_embedded_vocabulary():
         cfg = resolve(RunConfig, path, [])
         assert cfg.env.world.vocabulary == "embedded", path.name  # 2,518 concepts, not WordNet's ~146k
         assert list(agent_kwargs(cfg, "gp")["tier_sizes"]) == [50, 150], path.name
+
+
+def test_ground_truth_is_known_only_in_the_embedded_world_searched_for_its_own_targets():
+    from experiments.run import has_ground_truth
+    from ie_env.env import make_config
+
+    folder = {"kind": "imagefolder", "root": "photos", "test_fraction": 0.5}
+    corpus = {"name": "local_corpus", "options": {"source": "corpus"}}
+    assert has_ground_truth(make_config(latent_config())) and has_ground_truth(make_config(pixel_config()))
+    assert not has_ground_truth(make_config(pixel_config(target=folder)))  # g would measure the world's own targets
+    assert not has_ground_truth(make_config(pixel_config(target=folder, engine=corpus)))
