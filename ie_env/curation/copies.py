@@ -33,8 +33,8 @@ class CopyConfig:
 
     size: int = 12  # thumbnail side
     scales: tuple[float, ...] = (0.9, 0.8)  # window sides as a share of the image side
-    grid: int = 3  # window positions per axis at each scale
-    threshold: float = 0.93  # cosine of two copies
+    grid: int = 4  # window positions per axis at each scale
+    threshold: float = 0.95  # cosine of two copies
     dhash_distance: int = 4  # Hamming distance of two copies' dHashes (<= this); -1 disables dHash
     dhash_confirm: float = 0.9  # a dHash pair counts only if the whole-image descriptors' cosine reaches this
     neighbours: int = 8  # candidates per window searched
