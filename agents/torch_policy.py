@@ -23,7 +23,7 @@ from agents.base import Agent, AgentContext, uniform_over
 from ie_env.actions import ActionConfig, EpisodeHistory, make_action_mode
 from ie_env.config import from_dict
 
-__all__ = ["SlateActorCritic", "save_policy", "load_policy", "policy_space_problem", "TorchPolicyAgent", "FORMAT"]
+__all__ = ["FORMAT", "SlateActorCritic", "TorchPolicyAgent", "load_policy", "policy_space_problem", "save_policy"]
 
 FORMAT = "ie-env/torch-slate-policy/1"
 

@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import ie_env  # noqa: E402,F401  (registers the ids)
-from ie_env.batched import BatchedLatentVectorEnv  # noqa: E402
-from ie_env.suite import task_config  # noqa: E402
+import ie_env  # noqa: F401  (registers the ids)
+from ie_env.batched import BatchedLatentVectorEnv
+from ie_env.suite import task_config
 
 
 class NoopEnv(gym.Env):

@@ -32,7 +32,7 @@ from torch import nn, optim
 if __package__ in (None, ""):  # run as a script: the repository root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.torch_policy import SlateActorCritic, save_policy  # noqa: E402
+from agents.torch_policy import SlateActorCritic, save_policy
 
 
 @dataclass
@@ -237,23 +237,25 @@ def train(args: Args) -> dict:
 
 @torch.no_grad()
 def evaluate(net: SlateActorCritic | None, task: str, episodes: int, seed: int, device: str = "cpu",
-             split: str = "heldout") -> float:
-    """Mean ``g`` (ground-truth relevance per query) of one episode on each of ``episodes`` envs seeded
-    ``seed + i``, targets from ``split``: the greedy slot of ``net``, or a uniformly random slot (None)."""
+             split: str = "heldout") -> dict[str, float]:
+    """Mean return and ``g`` (ground-truth relevance per query) of one episode on each of ``episodes`` envs
+    seeded ``seed + i``, targets from ``split``: the greedy slot of ``net``, or a uniformly random slot (None)."""
     from ie_env.batched import BatchedLatentVectorEnv
     from ie_env.suite import task_config
 
     env = BatchedLatentVectorEnv(task_config(task, {"targets": {"mode": split}}), episodes, device=device)
     obs, _ = env.reset_tensors(seed=seed)
     gen = torch.Generator(device=env.device).manual_seed(seed)
+    ret = torch.zeros(episodes, device=env.device)
     while True:
         if net is None:
             action = torch.randint(0, env.K, (episodes,), generator=gen, device=env.device)
         else:
             action = net(obs["context"], obs["candidates"])[0].argmax(1)
-        obs, _, _, trunc, info = env.step_tensors(action)
+        obs, reward, _, trunc, info = env.step_tensors(action)
+        ret += reward
         if bool(trunc.all()):
-            return float(np.mean(info["ie_episode"]["mean_true_relevance"]))
+            return {"return": float(ret.mean()), "g": float(np.mean(info["ie_episode"]["mean_true_relevance"]))}
 
 
 def _env_dict(cfg) -> dict:
