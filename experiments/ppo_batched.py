@@ -137,6 +137,7 @@ def train(args: Args) -> dict:
     ep_return = torch.zeros(B, device=dev)
     global_step, t0 = 0, time.perf_counter()
     env_time = 0.0
+    value_losses: list[float] = []  # the last minibatch's value loss of each update
     for it in range(1, iterations + 1):
         if args.anneal_lr:
             opt.param_groups[0]["lr"] = (1.0 - (it - 1.0) / iterations) * args.learning_rate
@@ -213,6 +214,7 @@ def train(args: Args) -> dict:
             if args.target_kl > 0 and approx_kl > args.target_kl:
                 break
         sps = global_step / (time.perf_counter() - t0)
+        value_losses.append(v_loss.item())
         if writer is not None:
             writer.add_scalar("charts/learning_rate", opt.param_groups[0]["lr"], global_step)
             writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
@@ -230,7 +232,8 @@ def train(args: Args) -> dict:
         writer.close()
     last = episodes[-max(1, min(len(episodes), B)):] if episodes else []
     return {"policy": str(path), "global_step": global_step, "seconds": elapsed, "steps_per_second": global_step / elapsed,
-            "env_seconds": env_time, "episodes": len(episodes),
+            "env_seconds": env_time, "episodes": len(episodes), "value_loss_first": value_losses[0],
+            "value_loss_last": value_losses[-1],
             "final_mean_return": float(np.mean([r for r, _ in last])) if last else None,
             "final_mean_g": float(np.mean([g for _, g in last])) if last else None, "device": str(dev)}
 
