@@ -7,6 +7,9 @@ An episode ends when its query budget is spent (the budget left is in the observ
 treated as terminal); Gymnasium's same-step autoreset means ``dones[t]`` marks ``obs[t]`` as an
 episode's first observation, as in CleanRL's ``ppo.py``.
 
+Defaults follow the project's SB3 slate settings (``experiments/configs/rl_slate.yaml``: learning rate
+1e-3, gamma 0.9, 10 epochs of minibatches of 256 at N = 256 x 32 steps, no entropy bonus).
+
 Logs to TensorBoard (``LOGDIR/tb``): episodic return, ``g`` (mean ground-truth relevance of the queried
 concepts: what ``ie-benchmark`` scores), losses, steps/s. Saves ``LOGDIR/policy.pt`` (+ ``.json``), which
 ``ie-benchmark --agents ppo=torch:LOGDIR/policy.pt`` scores, and prints one JSON summary line.
@@ -45,16 +48,16 @@ class Args:
     total_timesteps: int = 2_000_000
     num_envs: int = 256
     num_steps: int = 32  # steps per env per rollout
-    learning_rate: float = 2.5e-4
+    learning_rate: float = 1e-3
     anneal_lr: bool = True
-    gamma: float = 0.99
+    gamma: float = 0.9  # a query's value is mostly its own reward and the next few it unlocks
     gae_lambda: float = 0.95
-    num_minibatches: int = 4
-    update_epochs: int = 4
+    num_minibatches: int = 32
+    update_epochs: int = 10
     norm_adv: bool = True
     clip_coef: float = 0.2
     clip_vloss: bool = True
-    ent_coef: float = 0.01
+    ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     target_kl: float = 0.0  # 0 = no early stop

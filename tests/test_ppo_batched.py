@@ -18,7 +18,8 @@ from experiments.train import main as train_main
 def _train(tmp_path, *extra: str) -> dict:
     args = ppo_batched.parse_args(["--task", "IELatent-Hard-v1", "--num-envs", "32", "--num-steps", "16",
                                    "--total-timesteps", "4096", "--logdir", str(tmp_path), "--seed", "1",
-                                   "--learning-rate", "3e-3", "--ent-coef", "0.0", "--anneal-lr", "false", *extra])
+                                   "--learning-rate", "3e-3", "--ent-coef", "0.0", "--anneal-lr", "false",
+                                   "--gamma", "0.99", "--num-minibatches", "4", "--update-epochs", "4", *extra])
     return ppo_batched.train(args)
 
 
