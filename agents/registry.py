@@ -145,3 +145,13 @@ def _slate_random(rest: str, **cfg):
 
 
 PREFIX_HANDLERS.setdefault("slate_random", _slate_random)
+
+
+def _torch_policy(rest: str, **cfg):
+    """``torch:PATH``: a slate policy saved by ``experiments/ppo_batched.py`` (state_dict + JSON)."""
+    from agents.torch_policy import TorchPolicyAgent
+
+    return TorchPolicyAgent(rest, **cfg)
+
+
+PREFIX_HANDLERS.setdefault("torch", _torch_policy)

@@ -96,6 +96,13 @@ def check_agents(agents: list[AgentSpec], tasks: list[str], agent_cfg: dict[str,
                 problem = policy_space_problem(agent, t, a.label)
                 if problem:
                     raise ConfigError(f"refusing agent {a.label!r}: {problem}")
+        if a.name.startswith("torch:"):
+            from agents.torch_policy import policy_space_problem as torch_space_problem
+
+            for t in tasks:
+                problem = torch_space_problem(a.name[6:], t)
+                if problem:
+                    raise ConfigError(f"refusing agent {a.label!r}: {problem}")
     return kinds
 
 

@@ -267,7 +267,8 @@ def train(cfg: TrainConfig, logdir: str | Path, progress: bool = True) -> dict[s
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ie-train", description=__doc__.splitlines()[0])
-    p.add_argument("--algo", choices=sorted(ALGO_MODES), default=None)
+    p.add_argument("--algo", choices=sorted(ALGO_MODES) + ["ppo-batched"], default=None,
+                   help="ppo-batched: experiments/ppo_batched.py over the batched latent env (its own flags)")
     p.add_argument("--action-mode", choices=["vocab", "embedding", "slate"], default=None)
     p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name})")
     p.add_argument("--task", default=None, help="train on a suite task id (ie_env.suite): its pinned env, training themes")
@@ -277,6 +278,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set env.iterations=4")
     return p.parse_args(argv)
+
+
+def _batched_algo(argv: list[str]) -> list[str] | None:
+    """``argv`` without ``--algo ppo-batched`` when it asks for that algorithm, else None."""
+    for i, a in enumerate(argv):
+        if a == "--algo=ppo-batched":
+            return argv[:i] + argv[i + 1 :]
+        if a == "--algo" and i + 1 < len(argv) and argv[i + 1] == "ppo-batched":
+            return argv[:i] + argv[i + 2 :]
+    return None
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
@@ -300,6 +311,11 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _batched_algo(argv):  # the single-file PPO over the batched latent env: its own flags
+        from experiments.ppo_batched import main as ppo_batched_main
+
+        return ppo_batched_main(_batched_algo(argv))
     args = parse_args(argv)
     try:
         cfg = build_config(args)

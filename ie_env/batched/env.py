@@ -167,6 +167,7 @@ class BatchedLatentVectorEnv(VectorEnv):
         self.queried = np.zeros((B, N), bool)
         self.last_reward = np.zeros((B, N), np.float32)
         self.t = np.zeros(B, np.int64)
+        self.actions = np.zeros((B, self.budget), np.int64)  # host copy of actions_t (the slate draws read it)
         self.n_distinct = np.zeros(B, np.int64)
         self.pending = np.zeros(B, np.int64)
         self.n_fresh = np.zeros(B, np.int64)
@@ -340,6 +341,7 @@ class BatchedLatentVectorEnv(VectorEnv):
         q_host = q.cpu().numpy()
         pos = torch.as_tensor(self.t, device=dev)
         self.actions_t[self._ar_t, pos] = ct
+        self.actions[ar, self.t] = c
         self.rewards_t[self._ar_t, pos] = q
         self.last_reward[ar, c] = q_host
         self.queried[ar, c] = True
@@ -422,10 +424,10 @@ class BatchedLatentVectorEnv(VectorEnv):
         ctx = self._context(envs, idx)
         if self.mode_name != "slate":
             return ctx
+        nbrs, K, seeds, share = self.mode.neighbors, self.K, self.mode.cfg.slate_seeds, self.mode.cfg.slate_neighbor_share
         for e in envs.tolist():
-            self.n_nb[e] = propose(self.mode_rng[e], self.queried[e], self.last_reward[e], int(self.t[e]),
-                                   self.mode.neighbors, self.K, self.mode.cfg.slate_seeds,
-                                   self.mode.cfg.slate_neighbor_share, self.candidates[e])
+            self.n_nb[e] = propose(self.mode_rng[e], self.queried[e], self.last_reward[e], self.actions[e, : self.t[e]],
+                                   int(self.n_distinct[e]), nbrs, K, seeds, share, self.candidates[e])
         return {"context": ctx, "candidates": self._candidate_features(envs, idx)}
 
     def _context(self, envs: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
