@@ -197,3 +197,38 @@ def test_a_task_trains_and_evaluates_from_the_same_start(cache, capsys):
     assert world_artifact_path(eval_config(tid))[0] == path  # held-out episodes load what training loaded
     assert pretrain_cli.main(["--task", tid, "--print-path"]) == 0
     assert f"{path}  (missing)" in capsys.readouterr().out
+
+
+def _png(rng: np.random.Generator) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (24, 36, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_corpus_pools_read_webdataset_and_parquet(tmp_path):
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(2)
+    shard = tmp_path / "shards" / "000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tf:
+        for i in range(4):
+            for ext, data in (("png", _png(rng)), ("txt", f"caption {i}".encode())):
+                info = tarfile.TarInfo(f"s{i}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    draw, src, _ = pretrain_cli.corpus_pool(str(shard.parent), 32, progress=False)
+    assert src["kind"] == "webdataset" and src["images"] == 4
+    assert draw(np.random.default_rng(0), 5).shape == (5, 32, 32, 3)
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    table = pa.table({"caption": ["a", "b", "c"], "image": [{"bytes": _png(rng), "path": ""} for _ in range(3)]})
+    pq.write_table(table, tmp_path / "pool.parquet")
+    _, src, _ = pretrain_cli.corpus_pool(str(tmp_path / "pool.parquet"), 32, progress=False)
+    assert src["kind"] == "parquet" and src["images"] == 3
+    _, capped, _ = pretrain_cli.corpus_pool(str(tmp_path / "pool.parquet"), 32, limit=2, progress=False)
+    assert capped["images"] == 2 and capped["fingerprint"] == src["fingerprint"]

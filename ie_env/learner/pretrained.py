@@ -151,7 +151,7 @@ def read_weights(path: str | Path, rebuild: str = "") -> tuple[dict[str, torch.T
             tensors: dict[str, torch.Tensor] = {}
             with safe_open(str(p), framework="pt") as fh:
                 meta = dict(fh.metadata() or {})
-                for k in fh:
+                for k in fh.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
                     tensors[k] = fh.get_tensor(k)
         except Exception as exc:  # safetensors raises its own error type for a torn or foreign file
             raise ConfigError(f"ssl.init: cannot read weights file {p} ({exc}); it is corrupt or not safetensors: "
