@@ -57,7 +57,7 @@ def _stop_node(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     """End the node: its ``ray start --block`` process group (the processes this test started)."""
     try:
         os.killpg(proc.pid, sig)
-        proc.wait(timeout=20)
+        proc.wait(timeout=5)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
     try:
