@@ -2,8 +2,10 @@
 whose node is killed mid-run is retried and completes, and a bad address or Ray version is refused
 before anything starts.
 
-The cluster (a head and one worker node, one CPU each, bound to 127.0.0.1) is started by the test
-with ``ray start --block`` in its own process groups and ended by killing those groups.
+The cluster (a head and one worker node on this machine, one CPU each, reached at 127.0.0.1, with a
+token of its own) is started by the test with ``ray start --block`` in its own process groups and
+ended by killing those groups. Slow for a unit test (a local pool run, two Ray nodes and a driver
+process start): it is the only end-to-end check of the Ray backend and of a node's death.
 """
 
 from __future__ import annotations
