@@ -1,0 +1,114 @@
+"""Which processes a test started, and which of their internet sockets leave loopback (Linux /proc).
+
+Tests that start servers of another engine (Ray) use this to prove that every process binds and
+talks on 127.0.0.0/8 or ::1 only: a socket bound to a wildcard (0.0.0.0, ::) or to an interface
+address, or connected anywhere but loopback, is reported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+__all__ = ["descendants", "cmdline", "non_loopback_sockets"]
+
+_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "06": "TIME_WAIT", "0A": "LISTEN"}
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name in parentheses may hold spaces
+        kids.setdefault(ppid, []).append(int(d.name))
+    return kids
+
+
+def descendants(*pids: int) -> list[int]:
+    """``pids`` and every living process below them."""
+    kids, out, todo = _children_map(), [], list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in out and Path(f"/proc/{pid}").exists():
+            out.append(pid)
+            todo.extend(kids.get(pid, []))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line as it shows it (Ray workers rewrite theirs to ``ray::TASK``); '' once gone."""
+    try:
+        return " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split())
+    except OSError:
+        return ""
+
+
+def _address(hex_addr: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    host, port = hex_addr.split(":")
+    raw = bytes.fromhex(host)
+    # The kernel prints each 32-bit word in host (little-endian) order.
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = ipaddress.IPv4Address(raw) if len(raw) == 4 else ipaddress.IPv6Address(raw)
+    return ip, int(port, 16)
+
+
+def _loopback(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def non_loopback_sockets(pids: list[int]) -> list[str]:
+    """One line per TCP/UDP socket of ``pids`` whose local address is not loopback (a wildcard or
+    interface bind) or whose peer is not loopback; [] when all stay on loopback."""
+    owners: dict[str, int] = {}
+    for pid in pids:
+        for inode in _socket_inodes(pid):
+            owners[inode] = pid
+    bad, tables_read = [], set()
+    for pid in pids:
+        try:
+            netns = os.readlink(f"/proc/{pid}/ns/net")
+        except OSError:
+            continue
+        if netns in tables_read:
+            continue
+        tables_read.add(netns)
+        for proto in ("tcp", "tcp6", "udp", "udp6"):
+            try:
+                rows = Path(f"/proc/{pid}/net/{proto}").read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                f = row.split()
+                inode = f[9]
+                if inode not in owners:
+                    continue
+                (lip, lport), (rip, rport) = _address(f[1]), _address(f[2])
+                remote_set = rport != 0 or not rip.is_unspecified
+                if not _loopback(lip) or (remote_set and not _loopback(rip)):
+                    pid_ = owners[inode]
+                    state = _TCP_STATES.get(f[3], f[3]) if proto.startswith("tcp") else "udp"
+                    bad.append(f"pid {pid_} ({cmdline(pid_)[:60]}): {proto} {lip}:{lport} -> {rip}:{rport} {state}")
+    return bad
