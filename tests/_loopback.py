@@ -11,7 +11,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-__all__ = ["descendants", "cmdline", "non_loopback_sockets"]
+__all__ = ["cmdline", "descendants", "inet_sockets", "non_loopback_sockets"]
 
 _TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "06": "TIME_WAIT", "0A": "LISTEN"}
 
@@ -44,7 +44,7 @@ def descendants(*pids: int) -> list[int]:
 def cmdline(pid: int) -> str:
     """A process's command line as it shows it (Ray workers rewrite theirs to ``ray::TASK``); '' once gone."""
     try:
-        return " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split())
+        return " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
     except OSError:
         return ""
 
@@ -79,14 +79,14 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def non_loopback_sockets(pids: list[int]) -> list[str]:
-    """One line per TCP/UDP socket of ``pids`` whose local address is not loopback (a wildcard or
-    interface bind) or whose peer is not loopback; [] when all stay on loopback."""
+def inet_sockets(pids: list[int]) -> list[tuple[str, bool]]:
+    """Every TCP/UDP socket of ``pids``: a line describing it, and whether it stays on loopback (bound to
+    a loopback address, and connected, if at all, to one); a wildcard or interface bind does not."""
     owners: dict[str, int] = {}
     for pid in pids:
         for inode in _socket_inodes(pid):
             owners[inode] = pid
-    bad, tables_read = [], set()
+    out, tables_read = [], set()
     for pid in pids:
         try:
             netns = os.readlink(f"/proc/{pid}/ns/net")
@@ -102,13 +102,17 @@ def non_loopback_sockets(pids: list[int]) -> list[str]:
                 continue
             for row in rows:
                 f = row.split()
-                inode = f[9]
-                if inode not in owners:
+                if f[9] not in owners:
                     continue
                 (lip, lport), (rip, rport) = _address(f[1]), _address(f[2])
-                remote_set = rport != 0 or not rip.is_unspecified
-                if not _loopback(lip) or (remote_set and not _loopback(rip)):
-                    pid_ = owners[inode]
-                    state = _TCP_STATES.get(f[3], f[3]) if proto.startswith("tcp") else "udp"
-                    bad.append(f"pid {pid_} ({cmdline(pid_)[:60]}): {proto} {lip}:{lport} -> {rip}:{rport} {state}")
-    return bad
+                connected = rport != 0 or not rip.is_unspecified
+                ok = _loopback(lip) and (not connected or _loopback(rip))
+                owner = owners[f[9]]
+                state = _TCP_STATES.get(f[3], f[3]) if proto.startswith("tcp") else "udp"
+                out.append((f"pid {owner} ({cmdline(owner)[:60]}): {proto} {lip}:{lport} -> {rip}:{rport} {state}", ok))
+    return out
+
+
+def non_loopback_sockets(pids: list[int]) -> list[str]:
+    """The sockets of ``pids`` that leave loopback (see :func:`inet_sockets`); [] when none does."""
+    return [line for line, ok in inet_sockets(pids) if not ok]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from _loopback import cmdline, descendants, non_loopback_sockets
+from _loopback import cmdline, descendants, inet_sockets
 
 from experiments import benchmark, compare, ray_backend
 from ie_env.config import ConfigError
@@ -66,12 +66,16 @@ class Cluster:
     head: subprocess.Popen
     env: dict[str, str]
     off_loopback: list[str] = field(default_factory=list)
+    on_loopback: int = 0  # sockets seen that stay on loopback (summed over the looks)
 
     def check_sockets(self, *pids: int) -> list[int]:
         """Record every socket of the cluster's processes (and ``pids``'s trees) that leaves loopback;
         returns the processes looked at."""
         procs = descendants(self.head.pid, *pids)
-        self.off_loopback.extend(s for s in non_loopback_sockets(procs) if s not in self.off_loopback)
+        for line, ok in inet_sockets(procs):
+            self.on_loopback += ok
+            if not ok and line not in self.off_loopback:
+                self.off_loopback.append(line)
         return procs
 
 
@@ -134,6 +138,7 @@ def cluster():
                 time.sleep(0.2)
         nodes = _nodes(c)
         assert [(n["NodeManagerAddress"], n["Alive"], n["Resources"].get("CPU")) for n in nodes] == [("127.0.0.1", True, 1.0)]
+        assert c.on_loopback > 0  # the look sees Ray's sockets (its GCS listens on one)
         yield c
     finally:
         _stop(head)
