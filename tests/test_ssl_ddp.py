@@ -1,5 +1,9 @@
 """DDP SSL: two gloo processes on loopback, each with half the global batch, reach the weights one
-process reaches with the whole batch (BatchNorm over the global batch, keys gathered, LARS)."""
+process reaches with the whole batch (BatchNorm over the global batch, keys gathered, LARS).
+
+The two processes are forked together by one ``torch.multiprocessing.start_processes``: they start
+with this process's imports (spawned ones spend most of the test importing torch and torchvision
+again) and set one torch thread before any work."""
 
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ def test_two_gloo_processes_reach_the_one_process_weights(tmp_path):
     start = {k: v.clone() for k, v in reference.state_dict()["model"].items()}
     ref_loss = reference.update(_images(), steps=STEPS)["loss"]
     ref = reference.state_dict()["model"]
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     moved = max(float((ref[k].float() - start[k].float()).abs().max()) for k in ref if ref[k].is_floating_point())
     assert moved > 1e-2  # the steps changed the weights, so equality below says something
