@@ -28,7 +28,7 @@ def plain_policy_loop(model, s: int) -> float:
     done = False
     while not done:
         action, _ = model.predict(obs, deterministic=True)
-        obs, reward, terminated, truncated, info = env.step(action)
+        obs, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
     return info["ie_episode"]["gap_closed"]
 
