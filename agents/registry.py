@@ -17,6 +17,7 @@ Where a name is looked up, in order:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from collections.abc import Callable
 from typing import Any
@@ -109,9 +110,11 @@ def make_agent(name: str, **config: Any) -> Agent:
         handler = PREFIX_HANDLERS.get(prefix)
         if handler is not None:
             return handler(rest, **config)
-        if _MODULE_PATH.fullmatch(prefix) and rest:
+        if _MODULE_PATH.fullmatch(prefix) and _MODULE_PATH.fullmatch(rest) and importlib.util.find_spec(
+                prefix.split(".")[0]) is not None:
             return _build(load_object(name), name, config)
-        raise ValueError(f"unknown agent prefix {prefix!r} in {name!r}; registered: {', '.join(agent_names())}")
+        raise ValueError(f"unknown agent prefix {prefix!r} in {name!r} (no registered prefix, no importable module); "
+                         f"registered: {', '.join(agent_names())}")
     cls = AGENTS.get(name)
     if cls is not None:
         return cls(**config)

@@ -220,12 +220,22 @@ def collect(out: Path, tasks: list[str], agents: list[AgentSpec], seeds: list[in
         "agent_names": {a.label: a.name for a in agents},
         "seeds": seeds,
         "score": "gap_closed = (mean g - r) / (max g - r) per episode; r = mean g over the vocabulary for that episode's target",
-        "intervals": f"stratified bootstrap (runs resampled within each task), {reps} replicates, percentile 95%",
+        "intervals": _intervals_note(per_task, suite_agg, reps),
         "per_task": per_task,
         "suite": suite_agg,
         "runs": runs,
         "failed_runs": sorted(k for k, v in runs.items() if v["status"] != "ok"),
     }
+
+
+def _intervals_note(per_task: dict[str, Any], suite_agg: dict[str, Any], reps: int) -> str:
+    """How the intervals were computed (rliable or the numpy fallback)."""
+    ests = [(e.get("gap_closed") or {}).get("iqm") for t in per_task.values() for e in t.values()]
+    ests += [(s.get("gap_closed") or {}).get("iqm") for s in suite_agg.values()]
+    backends = sorted({e["backend"] for e in ests if e and e.get("backend")})
+    names = {"rliable": "rliable's get_interval_estimates", "numpy": "experiments.stats (rliable not installed)"}
+    used = " and ".join(names[b] for b in backends) or "none (too few episodes)"
+    return f"stratified bootstrap (runs resampled within each task), {reps} replicates, percentile 95%, by {used}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
 
     table = leaderboard(res) + benchmark_paired_markdown(res["paired"])
     atomic_write_text(out / "leaderboard.md", table)
+    from experiments.benchmark_report import interval_notes
+
+    for note in interval_notes(res):
+        print(f"ie-benchmark: warning: {note}", file=sys.stderr)
     try:
         fig = plot_benchmark(res, out / "benchmark.png")
     except Exception as exc:  # a figure is a convenience: never lose the results over it

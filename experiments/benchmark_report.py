@@ -11,14 +11,33 @@ import numpy as np
 from ie_env.config import atomic_write_bytes
 from ie_env.extras import require
 
-__all__ = ["leaderboard", "plot_benchmark", "fmt_interval"]
+__all__ = ["leaderboard", "plot_benchmark", "fmt_interval", "interval_notes", "FEW"]
 
 
-def fmt_interval(est: dict[str, float] | None, digits: int = 3) -> str:
-    """``0.123 [0.100, 0.150]``, or a dash."""
+FEW = "†"  # marks an interval over fewer than experiments.stats.STABLE_EPISODES episodes per task
+
+
+def fmt_interval(est: dict[str, Any] | None, digits: int = 3) -> str:
+    """``0.123 [0.100, 0.150]`` (``†`` appended below the stable episode count; ``no CI`` where the
+    interval was omitted), or a dash."""
     if not est:
         return "—"
-    return f"{est['point']:.{digits}f} [{est['low']:.{digits}f}, {est['high']:.{digits}f}]"
+    if est.get("low") is None:
+        return f"{est['point']:.{digits}f} [no CI]"
+    mark = FEW if est.get("few_episodes") else ""
+    return f"{est['point']:.{digits}f} [{est['low']:.{digits}f}, {est['high']:.{digits}f}]{mark}"
+
+
+def interval_notes(res: dict[str, Any]) -> list[str]:
+    """One line per distinct warning of the intervals in ``res`` (few episodes, omitted intervals)."""
+    notes: list[str] = []
+    ests = [e for a in res["agents"] for e in ((res["suite"][a]["gap_closed"] or {}).get("iqm"),)]
+    ests += [(res["per_task"][t][a].get("gap_closed") or {}).get("iqm") for t in res["per_task"] for a in res["agents"]]
+    for e in ests:
+        msg = (e or {}).get("omitted") or (e or {}).get("warning")
+        if msg and msg not in notes:
+            notes.append(msg)
+    return [f"{FEW} {m}" for m in notes]
 
 
 def _mean(stat: dict[str, float] | None, digits: int = 1) -> str:
@@ -67,6 +86,7 @@ def leaderboard(res: dict[str, Any]) -> str:
     worlds = ", ".join(f"{t} world {info[t]['world_hash']}" for t in tasks)
     lines += ["", f"Seeds {res['seeds'][0]}–{res['seeds'][-1]} = held-out episodes reset(seed = eval_seed0 + s) "
               f"({worlds}). {res['score']}; random policy 0, oracle (the target concepts) 1. {res['intervals']}."]
+    lines += interval_notes(res)
     if res.get("transfer"):
         for t, tr in res["transfer"].items():
             lines.append(f"Transfer {t} (latent twin vs pixels): Kendall tau of the agents' mean gap closed = "
@@ -99,6 +119,9 @@ def plot_benchmark(res: dict[str, Any], path: str | Path) -> Path:
                 e = (ests.get(a) or {}).get(kind)
                 if not e:
                     ax.text(0.0, i, "failed", va="center", fontsize=7, color="red")
+                    continue
+                if e.get("low") is None:  # too few episodes for an interval: the point alone
+                    ax.plot(e["point"], i, "o", mfc="none")
                     continue
                 ax.errorbar(e["point"], i, xerr=[[e["point"] - e["low"]], [e["high"] - e["point"]]], fmt="o", capsize=3)
             ax.axvline(0.0, color="grey", lw=0.6)

@@ -546,6 +546,10 @@ class Runner:
         metrics = {"hparam/final_knn_accuracy": summary["knn_accuracy"][-1] if summary["knn_accuracy"] else 0.0,
                    "hparam/mean_true_relevance": float(np.mean([g for g in summary["mean_true_relevance_per_iteration"]
                                                                 if g is not None] or [float("nan")]))}
+        episode = summary.get("episode") or {}
+        if episode.get("gap_closed") is not None and np.isfinite(episode["gap_closed"]):  # the one score
+            w.add_scalar("episode/gap_closed", episode["gap_closed"], env.iteration)
+            metrics["hparam/gap_closed"] = float(episode["gap_closed"])
         hp = {"agent": cfg.agent, "seed": cfg.seed, "fidelity": cfg.env.world.fidelity,
               "alignment": cfg.env.world.alignment, "queries_per_iteration": cfg.env.queries_per_iteration,
               "iterations": cfg.env.iterations, "world_hash": summary["world_hash"] or ""}

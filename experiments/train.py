@@ -4,7 +4,8 @@
              --logdir runs/ppo-slate --total-timesteps 50000
 
 The run directory holds ``config.yaml`` (resolved), ``tb/`` (SB3 TensorBoard scalars plus the
-environment's own: ``ie/mean_true_relevance``, ``ie/oracle_fraction``, ``ie/mean_query_reward``),
+environment's own: ``ie/gap_closed``, ``ie/mean_true_relevance``, ``ie/oracle_fraction``,
+``ie/mean_query_reward``, by :func:`metrics_callback`),
 ``checkpoints/``, ``eval/`` (``EvalCallback`` on held-out targets, best model), ``model.zip`` (the
 model, with the environment settings inside, runnable by ``ie-explore --agent sb3:PATH``) and
 ``heldout.json``: mean ground-truth relevance per query of the trained policy, random queries, a
@@ -99,27 +100,25 @@ def metrics_callback():
     from stable_baselines3.common.callbacks import BaseCallback
 
     class IEMetricsCallback(BaseCallback):
-        """Logs the environment's own figures at episode ends: ground-truth relevance per query, the
-        fraction of the oracle's relevance reached, and the paper's query reward."""
+        """Logs the environment's own figures at episode ends (``info["ie_episode"]``) to SB3's logger
+        (TensorBoard): ``ie/gap_closed`` (the score every tool reports), ground-truth relevance per
+        query, the fraction of the oracle's relevance reached, and the paper's query reward.
+        ``model.learn(..., callback=metrics_callback())`` in any SB3 script."""
+
+        KEYS = ("gap_closed", "mean_true_relevance", "oracle_fraction", "mean_query_reward")
 
         def __init__(self) -> None:
             super().__init__()
-            self._g: list[float] = []
-            self._frac: list[float] = []
-            self._q: list[float] = []
+            self._eps: list[dict[str, float]] = []
 
         def _on_step(self) -> bool:
-            for info in self.locals.get("infos", []):
-                ep = info.get("ie_episode")
-                if ep:
-                    self._g.append(ep["mean_true_relevance"])
-                    self._frac.append(ep["oracle_fraction"])
-                    self._q.append(ep["mean_query_reward"])
-            if self._g and len(self._g) >= self.training_env.num_envs:
-                self.logger.record("ie/mean_true_relevance", float(np.mean(self._g)))
-                self.logger.record("ie/oracle_fraction", float(np.mean(self._frac)))
-                self.logger.record("ie/mean_query_reward", float(np.mean(self._q)))
-                self._g, self._frac, self._q = [], [], []
+            self._eps += [info["ie_episode"] for info in self.locals.get("infos", []) if info.get("ie_episode")]
+            if self._eps and len(self._eps) >= self.training_env.num_envs:
+                for k in self.KEYS:
+                    vals = [ep[k] for ep in self._eps if k in ep]
+                    if vals:
+                        self.logger.record(f"ie/{k}", float(np.mean(vals)))
+                self._eps = []
             return True
 
     return IEMetricsCallback()

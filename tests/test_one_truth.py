@@ -28,7 +28,7 @@ def plain_policy_loop(model, s: int) -> float:
     done = False
     while not done:
         action, _ = model.predict(obs, deterministic=True)
-        obs, reward, terminated, truncated, info = env.step(action)
+        obs, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
     return info["ie_episode"]["gap_closed"]
 
@@ -156,6 +156,8 @@ def test_an_agent_from_the_users_own_package_gets_a_row(plugin_package, tmp_path
         records = [json.loads(x) for x in (out / "runs" / TASK / label / "seed0" / "queries.jsonl").read_text().splitlines()]
         assert [r["action"] for r in records] == list(range(start, start + 128))
         assert ep["gap_closed"] == plain_agent_loop(f"my_ie_agents:{'FirstUnqueried' if start == 0 else 'make'}", 0)
+        events = b"".join(p.read_bytes() for p in (out / "runs" / TASK / label / "seed0" / "tb").rglob("events.*"))
+        assert b"episode/gap_closed" in events  # the same score in the run's TensorBoard
 
 
 def test_a_plugin_that_fails_to_import_is_named_with_its_error(plugin_package, tmp_path, capsys):

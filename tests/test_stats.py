@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
+from experiments import stats
 from experiments.stats import interval_estimates, iqm, kendall_tau, stratified_bootstrap_ci
 
 
@@ -56,3 +57,38 @@ def test_kendall_tau():
     assert kendall_tau([0.0, 0.1, 1.0], [0.3, 0.01, 0.9]) == pytest.approx(1 / 3)
     with pytest.raises(ValueError):
         kendall_tau([1.0], [1.0])
+
+
+def _fixture():
+    """Three tasks x 12 runs of seeded scores: the shared fixture of rliable and the fallback."""
+    rng = np.random.default_rng(11)
+    return [rng.normal(0.2, 0.1, 12), rng.normal(0.5, 0.2, 12), rng.beta(2, 5, 12)]
+
+
+@pytest.mark.skipif(not stats.rliable_available(), reason="rliable is not installed (pip install rliable)")
+def test_rliable_and_the_fallback_agree_on_a_shared_fixture():
+    tasks = _fixture()
+    via_rliable = interval_estimates(tasks, reps=4000, seed=0)
+    via_numpy = interval_estimates(tasks, reps=4000, seed=0, backend="numpy")
+    for name in ("iqm", "mean"):
+        r, n = via_rliable[name], via_numpy[name]
+        assert r["backend"] == "rliable" and n["backend"] == "numpy"
+        assert r["point"] == pytest.approx(n["point"], abs=1e-12)  # the same estimator
+        width = n["high"] - n["low"]
+        assert abs(r["low"] - n["low"]) < 0.1 * width and abs(r["high"] - n["high"]) < 0.1 * width  # bootstrap noise
+        assert not r["few_episodes"] and "warning" not in r
+    assert interval_estimates(tasks, reps=300, seed=1) == interval_estimates(tasks, reps=300, seed=1)  # seeded
+
+
+def test_too_few_episodes_omit_or_flag_the_interval():
+    two = interval_estimates([[0.1, 0.4], [0.2, 0.3]], reps=100)
+    for est in two.values():
+        assert est["low"] is None and est["high"] is None and est["point"] == pytest.approx(0.25)
+        assert "fewer than 3" in est["omitted"] and "10" in est["omitted"]
+    five = interval_estimates([[0.1, 0.4, 0.2, 0.3, 0.9]], reps=100, backend="numpy")
+    assert five["iqm"]["few_episodes"] and five["iqm"]["low"] is not None
+    assert "at least 10 episodes per task" in five["iqm"]["warning"]
+    uneven = interval_estimates([[0.1] * 12, [0.2] * 11], reps=100)  # rliable needs equal runs: the fallback
+    assert uneven["mean"]["backend"] == "numpy" and not uneven["mean"]["few_episodes"]
+    with pytest.raises(ValueError, match="backend"):
+        interval_estimates([[0.1] * 4], backend="scipy")
