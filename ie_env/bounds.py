@@ -66,6 +66,11 @@ BOUNDS: dict[str, dict[str, Bound]] = {
     "RunConfig": {
         "keep_checkpoints": Bound(1, 1000),
         "threads": _THREADS,
+        "reward_quality": Bound(-1, 1_000_000, "panel sample size; 0 = off, -1 = the whole vocabulary"),
+    },
+    "PretrainConfig": {
+        "steps": Bound(1, 100_000_000, "measured probe 1,425"),
+        "images_per_concept": Bound(1, 100_000),
     },
     "TrainConfig": {
         "total_timesteps": Bound(1, 10_000_000_000),
