@@ -78,7 +78,9 @@ def load_object(spec: str) -> Any:
     try:
         obj = importlib.import_module(module_name)
     except Exception as exc:  # a user's module may fail in any way while it imports
-        raise ValueError(f"agent {spec!r}: importing module {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(
+            f"agent {spec!r}: importing module {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     for part in attr.split("."):
         if not part or not hasattr(obj, part):
             raise ValueError(f"agent {spec!r}: module {module_name!r} has no attribute {attr!r}")

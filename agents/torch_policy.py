@@ -98,12 +98,17 @@ def policy_space_problem(path: str, task_id: str) -> str | None:
     meta = read_policy_meta(path)
     obs, act = task_spaces(task_id)
     want = {"context": (meta["context_dim"],), "candidates": (meta.get("K"), meta["cand_dim"])}
-    got = ({k: tuple(obs[k].shape) for k in ("context", "candidates")} if hasattr(obs, "spaces") and
-           "candidates" in obs.spaces else {"observation": tuple(getattr(obs, "shape", ()) or ())})
+    got = (
+        {k: tuple(obs[k].shape) for k in ("context", "candidates")}
+        if hasattr(obs, "spaces") and "candidates" in obs.spaces
+        else {"observation": tuple(getattr(obs, "shape", ()) or ())}
+    )
     if got == want and getattr(act, "n", None) == meta.get("K"):
         return None
-    return (f"policy {path} was saved for task {meta.get('task_id')!r} with observation shapes {want} and "
-            f"Discrete({meta.get('K')}) actions, but task {task_id} has observation shapes {got} and actions {act}")
+    return (
+        f"policy {path} was saved for task {meta.get('task_id')!r} with observation shapes {want} and "
+        f"Discrete({meta.get('K')}) actions, but task {task_id} has observation shapes {got} and actions {act}"
+    )
 
 
 class TorchPolicyAgent(Agent):
@@ -122,11 +127,19 @@ class TorchPolicyAgent(Agent):
         env = self.meta["env"]
         budget = int(env["iterations"]) * int(env["queries_per_iteration"])
         self._n = ctx.num_actions
-        self.mode = make_action_mode("slate", from_dict(ActionConfig, env.get("actions", {})), ctx.concept_embeddings,
-                                     int(env["history"]), budget, bool(env.get("mask_queried", False)))
+        self.mode = make_action_mode(
+            "slate",
+            from_dict(ActionConfig, env.get("actions", {})),
+            ctx.concept_embeddings,
+            int(env["history"]),
+            budget,
+            bool(env.get("mask_queried", False)),
+        )
         if self.mode.context_dim != self.meta["context_dim"] or self.mode.cand_dim != self.meta["cand_dim"]:
-            raise ValueError(f"policy {self.path} expects context {self.meta['context_dim']} and candidates "
-                             f"{self.meta['cand_dim']}, this vocabulary gives {self.mode.context_dim} and {self.mode.cand_dim}")
+            raise ValueError(
+                f"policy {self.path} expects context {self.meta['context_dim']} and candidates "
+                f"{self.meta['cand_dim']}, this vocabulary gives {self.mode.context_dim} and {self.mode.cand_dim}"
+            )
         self.history = EpisodeHistory(self._n, budget)
         self.mode.reset(np.random.default_rng([int(ctx.seed), 7]))
         self._gen.manual_seed(int(ctx.seed))

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ie_env.fetcher import FetchConfig, Fetcher, Reason
+from ie_env.fetcher import FetchConfig, Fetcher, Reason  # noqa: E402 - after the sys.path entry
 
 MIB = 1 << 20
 

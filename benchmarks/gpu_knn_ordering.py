@@ -40,10 +40,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "experiments" / "configs" / "knn_ordering.yaml"
 #: (module, distribution) the project needs beyond the GPU machine's torch / timm / scikit-learn stack.
-NEEDED = [("farama_notifications", "farama_notifications"), ("cloudpickle", "cloudpickle"),
-          ("gymnasium", "gymnasium"), ("stable_baselines3", "stable_baselines3"), ("sb3_contrib", "sb3_contrib"),
-          ("certifi", "certifi"), ("idna", "idna"), ("urllib3", "urllib3"),
-          ("charset_normalizer", "charset_normalizer"), ("requests", "requests")]
+NEEDED = [
+    ("farama_notifications", "farama_notifications"),
+    ("cloudpickle", "cloudpickle"),
+    ("gymnasium", "gymnasium"),
+    ("stable_baselines3", "stable_baselines3"),
+    ("sb3_contrib", "sb3_contrib"),
+    ("certifi", "certifi"),
+    ("idna", "idna"),
+    ("urllib3", "urllib3"),
+    ("charset_normalizer", "charset_normalizer"),
+    ("requests", "requests"),
+]
 COPIED = ("results.json", "results.md", "compare.yaml", "reward.png", "knn.png", "regret.png")
 RUN_FILES = ("summary.json", "config.yaml", "error.txt")
 
@@ -100,11 +108,23 @@ def install_missing(wheels: Path, site: Path) -> list[str]:
     for module, dist in missing:
         found = sorted(wheels.glob(f"{dist}-*.whl")) + sorted(wheels.glob(f"{dist.replace('_', '-')}-*.whl"))
         if not found:
-            raise FileNotFoundError(f"{module} is not installed and no {dist}-*.whl is in {wheels} "
-                                    "(docs/gpu.md: pip download ... -d .whl)")
+            raise FileNotFoundError(
+                f"{module} is not installed and no {dist}-*.whl is in {wheels} (docs/gpu.md: pip download ... -d .whl)"
+            )
         files.append(str(found[-1]))
-    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", "--disable-pip-version-check",
-           "--target", str(site), *files]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-index",
+        "--no-deps",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--target",
+        str(site),
+        *files,
+    ]
     log("installing " + ", ".join(Path(f).name for f in files))
     subprocess.run(cmd, check=True)
     importlib.invalidate_caches()
@@ -117,8 +137,12 @@ def install_missing(wheels: Path, site: Path) -> list[str]:
 def device_record() -> dict:
     import torch
 
-    rec = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.cuda.is_available(),
-           "cpus": os.cpu_count()}
+    rec = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "cpus": os.cpu_count(),
+    }
     if torch.cuda.is_available():
         rec["gpu"] = torch.cuda.get_device_name(0)
         rec["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
@@ -165,9 +189,25 @@ def main(argv: list[str] | None = None) -> int:
     if not dev["cuda"] and not args.allow_cpu:
         log("CUDA is not available; this check is for a GPU (pass --allow-cpu to run on the CPU anyway)")
         return 3
-    cmd = ["--config", args.config, "--agents", args.agents, "--seeds", str(args.seeds), "--out", str(scratch / "compare"),
-           "--workers", str(args.workers), "--overwrite", "--quiet", "--set", "keep_checkpoints=1",
-           "--set", "log_images=false", *[x for o in args.overrides for x in ("--set", o)]]
+    cmd = [
+        "--config",
+        args.config,
+        "--agents",
+        args.agents,
+        "--seeds",
+        str(args.seeds),
+        "--out",
+        str(scratch / "compare"),
+        "--workers",
+        str(args.workers),
+        "--overwrite",
+        "--quiet",
+        "--set",
+        "keep_checkpoints=1",
+        "--set",
+        "log_images=false",
+        *[x for o in args.overrides for x in ("--set", o)],
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     runs = args.seeds * (len([a for a in args.agents.split(",") if a.strip()]) + 1)
@@ -180,16 +220,28 @@ def main(argv: list[str] | None = None) -> int:
     code = compare_main(cmd)
     wall = time.time() - t0
     copied = copy_results(scratch / "compare", out)
-    record = {**dev, "installed": installed, "command": "ie-compare " + " ".join(cmd), "runs": runs,
-              "exit_status": code, "wall_seconds": round(wall, 1), "budget_seconds": args.budget_s,
-              "within_budget": wall <= args.budget_s, "files": copied}
+    record = {
+        **dev,
+        "installed": installed,
+        "command": "ie-compare " + " ".join(cmd),
+        "runs": runs,
+        "exit_status": code,
+        "wall_seconds": round(wall, 1),
+        "budget_seconds": args.budget_s,
+        "within_budget": wall <= args.budget_s,
+        "files": copied,
+    }
     res_path = scratch / "compare" / "results.json"
     if res_path.is_file():
         res = json.loads(res_path.read_text())
         record["paired"] = [
-            {"agent": r["agent"], "baseline": r["baseline"],
-             **{m: {k: r[m][k] for k in ("mean", "low", "high", "n")} for m in res["paired"]["metrics"]}}
-            for r in res["paired"]["comparisons"]]
+            {
+                "agent": r["agent"],
+                "baseline": r["baseline"],
+                **{m: {k: r[m][k] for k in ("mean", "low", "high", "n")} for m in res["paired"]["metrics"]},
+            }
+            for r in res["paired"]["comparisons"]
+        ]
     (out / "device.json").write_text(json.dumps(record, indent=2))
     log(f"done in {wall:.0f} s (target {args.budget_s:.0f} s), exit {code}; results in {out}")
     if (out / "results.md").is_file():

@@ -26,7 +26,9 @@ from ie_env.plain_state import UnsafeFileError, load_torch_bytes
 from ie_env.targets import TargetConfig, TargetSet, load_target
 
 
-def load_learner(path: str | Path, device: str = "cpu", trust_pickle: bool = False) -> tuple[SSLLearner, dict[str, Any]]:
+def load_learner(
+    path: str | Path, device: str = "cpu", trust_pickle: bool = False
+) -> tuple[SSLLearner, dict[str, Any]]:
     """The ``SSLLearner`` stored in ``path`` and the checkpoint's full state, read as plain data
     (``weights_only``): a file that holds pickled objects is refused unless ``trust_pickle``. A
     ``.sha256`` digest beside it (as ie-explore writes) must match."""

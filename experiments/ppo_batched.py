@@ -111,7 +111,9 @@ def train(args: Args) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(logdir / "tb"))
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()))
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items())
+        )
 
     ctx_dim = env.single_observation_space["context"].shape[0]
     K, cand_dim = env.single_observation_space["candidates"].shape
@@ -164,12 +166,13 @@ def train(args: Args) -> dict:
                 rets = ep_return[ended].cpu().numpy()
                 ep_return[ended] = 0.0
                 gs = info["ie_episode"]["mean_true_relevance"]
-                episodes.extend(zip(rets.tolist(), gs.tolist()))
+                episodes.extend(zip(rets.tolist(), gs.tolist(), strict=False))
                 if writer is not None:
                     writer.add_scalar("charts/episodic_return", float(rets.mean()), global_step)
                     writer.add_scalar("charts/g", float(np.mean(gs)), global_step)
-                    writer.add_scalar("charts/oracle_fraction", float(np.mean(info["ie_episode"]["oracle_fraction"])),
-                                      global_step)
+                    writer.add_scalar(
+                        "charts/oracle_fraction", float(np.mean(info["ie_episode"]["oracle_fraction"])), global_step
+                    )
         with torch.no_grad():  # GAE (CleanRL's): dones[t + 1] says obs[t + 1] starts a new episode
             _, next_value = net(next_obs["context"], next_obs["candidates"])
             advantages = torch.zeros_like(rewards)
@@ -201,7 +204,9 @@ def train(args: Args) -> dict:
                 adv = b_adv[mb]
                 if args.norm_adv:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                pg_loss = torch.max(
+                    -adv * ratio, -adv * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                ).mean()
                 if args.clip_vloss:
                     v_unclipped = (newvalue - b_ret[mb]) ** 2
                     v_clipped = b_val[mb] + torch.clamp(newvalue - b_val[mb], -args.clip_coef, args.clip_coef)
@@ -227,23 +232,38 @@ def train(args: Args) -> dict:
             writer.add_scalar("losses/clipfrac", float(np.mean(clipfracs)), global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
     elapsed = time.perf_counter() - t0
-    meta = {"task_id": args.task, "algo": "ppo-batched", "action_mode": "slate", "K": int(K),
-            "env": json.loads(json.dumps(_env_dict(env.config), default=str)), "args": asdict(args),
-            "global_step": global_step}
+    meta = {
+        "task_id": args.task,
+        "algo": "ppo-batched",
+        "action_mode": "slate",
+        "K": int(K),
+        "env": json.loads(json.dumps(_env_dict(env.config), default=str)),
+        "args": asdict(args),
+        "global_step": global_step,
+    }
     path = save_policy(logdir / "policy.pt", net.cpu(), meta)
     if writer is not None:
         writer.close()
-    last = episodes[-max(1, min(len(episodes), B)):] if episodes else []
-    return {"policy": str(path), "global_step": global_step, "seconds": elapsed, "steps_per_second": global_step / elapsed,
-            "env_seconds": env_time, "episodes": len(episodes), "value_loss_first": value_losses[0],
-            "value_loss_last": value_losses[-1],
-            "final_mean_return": float(np.mean([r for r, _ in last])) if last else None,
-            "final_mean_g": float(np.mean([g for _, g in last])) if last else None, "device": str(dev)}
+    last = episodes[-max(1, min(len(episodes), B)) :] if episodes else []
+    return {
+        "policy": str(path),
+        "global_step": global_step,
+        "seconds": elapsed,
+        "steps_per_second": global_step / elapsed,
+        "env_seconds": env_time,
+        "episodes": len(episodes),
+        "value_loss_first": value_losses[0],
+        "value_loss_last": value_losses[-1],
+        "final_mean_return": float(np.mean([r for r, _ in last])) if last else None,
+        "final_mean_g": float(np.mean([g for _, g in last])) if last else None,
+        "device": str(dev),
+    }
 
 
 @torch.no_grad()
-def evaluate(net: SlateActorCritic | None, task: str, episodes: int, seed: int, device: str = "cpu",
-             split: str = "heldout") -> dict[str, float]:
+def evaluate(
+    net: SlateActorCritic | None, task: str, episodes: int, seed: int, device: str = "cpu", split: str = "heldout"
+) -> dict[str, float]:
     """Mean return and ``g`` (ground-truth relevance per query) of one episode on each of ``episodes`` envs
     seeded ``seed + i``, targets from ``split``: the greedy slot of ``net``, or a uniformly random slot (None)."""
     from ie_env.batched import BatchedLatentVectorEnv
@@ -278,8 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ppo_batched: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
-    print(f"policy: {summary['policy']}  (ie-benchmark --agents ppo=torch:{summary['policy']}; "
-          f"tensorboard --logdir {args.logdir}/tb)")
+    print(
+        f"policy: {summary['policy']}  (ie-benchmark --agents ppo=torch:{summary['policy']}; "
+        f"tensorboard --logdir {args.logdir}/tb)"
+    )
     return 0
 
 

@@ -81,8 +81,10 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         with socket.create_connection(hp, timeout=timeout):
             pass
     except OSError as exc:
-        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc}; start it with "
-                          "'ray start --head' or give its head node's address") from exc
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address}: {exc}; start it with "
+            "'ray start --head' or give its head node's address"
+        ) from exc
 
 
 def _run_task(cwd: str, threads: int, fn: Callable[..., Any], args: tuple) -> Any:
@@ -125,7 +127,9 @@ class RayExecutor:
         self.cpus = int(ray.cluster_resources().get("CPU", 0))
         if self.cpus < threads:
             ray.shutdown()
-            raise ConfigError(f"the Ray cluster at {address} has {self.cpus} CPUs; a run asks for {threads} (--threads)")
+            raise ConfigError(
+                f"the Ray cluster at {address} has {self.cpus} CPUs; a run asks for {threads} (--threads)"
+            )
         self._task = ray.remote(_run_task).options(num_cpus=threads, max_retries=max_retries, retry_exceptions=False)
         self._cwd = os.getcwd()
 
@@ -143,11 +147,19 @@ class RayExecutor:
 
 
 def add_ray_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ray", default=None, metavar="auto|HOST:PORT",
-                   help="run each run as a Ray task on this cluster (default: local worker processes); "
-                        "--out must be on a filesystem all nodes share")
-    p.add_argument("--ray-retries", type=int, default=3,
-                   help="retries of a run whose worker or node dies (it resumes from its last checkpoint)")
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="auto|HOST:PORT",
+        help="run each run as a Ray task on this cluster (default: local worker processes); "
+        "--out must be on a filesystem all nodes share",
+    )
+    p.add_argument(
+        "--ray-retries",
+        type=int,
+        default=3,
+        help="retries of a run whose worker or node dies (it resumes from its last checkpoint)",
+    )
 
 
 def executor_from_args(args: argparse.Namespace) -> RayExecutor | None:

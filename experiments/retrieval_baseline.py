@@ -67,8 +67,13 @@ def _retrieve(feats: np.ndarray, targets: np.ndarray, budget: int, taken: np.nda
     return np.sort(rows[order])
 
 
-def run_retrieval(run_cfg: Any, new_per_iteration: list[int], per_concept: int = 8,
-                  logdir: str | Path | None = None, matched_to: str = "") -> dict[str, Any]:
+def run_retrieval(
+    run_cfg: Any,
+    new_per_iteration: list[int],
+    per_concept: int = 8,
+    logdir: str | Path | None = None,
+    matched_to: str = "",
+) -> dict[str, Any]:
     """Retrieval SSL for ``run_cfg`` (an ``experiments.run.RunConfig``) with the given new-image counts.
 
     Writes ``config.yaml``, ``summary.json`` and TensorBoard scalars under ``logdir`` when given.
@@ -93,12 +98,19 @@ def run_retrieval(run_cfg: Any, new_per_iteration: list[int], per_concept: int =
     if logdir is not None:
         logdir = Path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(logdir / "config.yaml", yaml.safe_dump(json.loads(json.dumps(to_dict(run_cfg))), sort_keys=False))
+        atomic_write_text(
+            logdir / "config.yaml", yaml.safe_dump(json.loads(json.dumps(to_dict(run_cfg))), sort_keys=False)
+        )
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(logdir / "tb"))
-    per_it: dict[str, list] = {"new_relevant_images": [], "relevant_share": [], "mean_true_relevance": [],
-                               "ssl_steps": [], "ssl_loss": []}
+    per_it: dict[str, list] = {
+        "new_relevant_images": [],
+        "relevant_share": [],
+        "mean_true_relevance": [],
+        "ssl_steps": [],
+        "ssl_loss": [],
+    }
     relevant_concepts: set[int] = set()
     classes_hit: set[int] = set()
     for it, n in enumerate(new_per_iteration, start=1):
@@ -159,8 +171,9 @@ def run_retrieval(run_cfg: Any, new_per_iteration: list[int], per_concept: int =
     return summary
 
 
-def retrieval_from_run(match_dir: str | Path, logdir: str | Path | None = None, run_cfg: Any = None,
-                       per_concept: int = 8) -> dict[str, Any]:
+def retrieval_from_run(
+    match_dir: str | Path, logdir: str | Path | None = None, run_cfg: Any = None, per_concept: int = 8
+) -> dict[str, Any]:
     """The retrieval baseline at the image budget of the finished exploring run in ``match_dir``."""
     from experiments.target_only import _load_run_config
 

@@ -223,21 +223,34 @@ DERIVED_MAX_BYTES = 64 * GIB
 
 DERIVED: dict[str, list[Derived]] = {
     "EnvConfig": [
-        Derived("iteration_image_bytes",
-                "images_per_query x queries_per_iteration x world.image_size^2 x 3",
-                lambda c: c.images_per_query * c.queries_per_iteration * c.world.image_size ** 2 * 3,
-                DERIVED_MAX_BYTES, "one iteration's new images, uint8 (paper: 3.9 GB)"),
-        Derived("target_image_bytes",
-                "world.num_targets x (world.target_train_per_class + world.target_test_per_class)"
-                " x world.image_size^2 x 3",
-                lambda c: (c.world.num_targets * (c.world.target_train_per_class + c.world.target_test_per_class)
-                           * c.world.image_size ** 2 * 3),
-                DERIVED_MAX_BYTES, "the embedded world's target images, uint8"),
+        Derived(
+            "iteration_image_bytes",
+            "images_per_query x queries_per_iteration x world.image_size^2 x 3",
+            lambda c: c.images_per_query * c.queries_per_iteration * c.world.image_size**2 * 3,
+            DERIVED_MAX_BYTES,
+            "one iteration's new images, uint8 (paper: 3.9 GB)",
+        ),
+        Derived(
+            "target_image_bytes",
+            "world.num_targets x (world.target_train_per_class + world.target_test_per_class) x world.image_size^2 x 3",
+            lambda c: (
+                c.world.num_targets
+                * (c.world.target_train_per_class + c.world.target_test_per_class)
+                * c.world.image_size**2
+                * 3
+            ),
+            DERIVED_MAX_BYTES,
+            "the embedded world's target images, uint8",
+        ),
     ],
     "SSLConfig": [
-        Derived("batch_bytes", "batch_size x image_size^2 x 3 x 4 x 2",
-                lambda c: c.batch_size * c.image_size ** 2 * 3 * 4 * 2,
-                DERIVED_MAX_BYTES, "one training batch of two float32 views (paper: 0.3 GB)"),
+        Derived(
+            "batch_bytes",
+            "batch_size x image_size^2 x 3 x 4 x 2",
+            lambda c: c.batch_size * c.image_size**2 * 3 * 4 * 2,
+            DERIVED_MAX_BYTES,
+            "one training batch of two float32 views (paper: 0.3 GB)",
+        ),
     ],
 }
 
@@ -276,16 +289,21 @@ def bound_violations(obj: Any, prefix: str = "") -> list[str]:
                 continue
             above = not math.isnan(v) and v > b.hi
             what = f"{prefix}{name}" + (f" item {v!r}" if many else f"={v!r}")
-            out.append(f"{what} is {'above its maximum ' + fmt_number(b.hi) if above else 'below its minimum ' + fmt_number(b.lo)}"
-                       f" (allowed {fmt_number(b.lo)}..{fmt_number(b.hi)}{'; ' + b.why if b.why else ''}; {see})")
+            out.append(
+                f"{what} is "
+                f"{'above its maximum ' + fmt_number(b.hi) if above else 'below its minimum ' + fmt_number(b.lo)}"
+                f" (allowed {fmt_number(b.lo)}..{fmt_number(b.hi)}{'; ' + b.why if b.why else ''}; {see})"
+            )
             break
     if out:
         return out
     for d in DERIVED.get(key, []):
         v = d.value(obj)
         if v > d.hi:
-            out.append(f"{prefix}{d.name} = {d.formula} = {v!r} bytes is above its maximum {fmt_number(d.hi)} bytes "
-                       f"({d.why}; {see})")
+            out.append(
+                f"{prefix}{d.name} = {d.formula} = {v!r} bytes is above its maximum {fmt_number(d.hi)} bytes "
+                f"({d.why}; {see})"
+            )
     return out
 
 
@@ -298,6 +316,8 @@ def fmt_number(v: float) -> str:
 
 def out_of_memory_message(prog: str) -> str:
     """What a CLI prints (then exits 2) when a ``MemoryError`` reaches it."""
-    return (f"{prog}: error: out of memory. Lower the sizes in the config (limits and products: "
-            "docs/config.md) or give the process more memory; a run directory already started keeps "
-            "its queries and checkpoints and continues with --resume.")
+    return (
+        f"{prog}: error: out of memory. Lower the sizes in the config (limits and products: "
+        "docs/config.md) or give the process more memory; a run directory already started keeps "
+        "its queries and checkpoints and continues with --resume."
+    )

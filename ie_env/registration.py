@@ -59,7 +59,8 @@ def warn_time_limit(env: Any, spec_steps: int) -> None:
         import warnings
 
         warnings.warn(f"this config's query budget is {budget} queries but the id's max_episode_steps is {spec_steps}: "
-                      f"gymnasium.make(..., max_episode_steps={budget}) lets episodes run to their budget", stacklevel=3)
+                      f"gymnasium.make(..., max_episode_steps={budget}) lets episodes run to their budget",
+                      stacklevel=3)
 
 
 def _entry(**kwargs: Any):

@@ -105,7 +105,7 @@ def check(name: str, env_cfg: dict[str, Any], kills: int, agent: str, seed: int,
     rng.shuffle(phases)
     log = killed / "queries.jsonl"
     landed = []
-    for i, (it, phase) in enumerate(zip(its, phases)):
+    for i, (it, phase) in enumerate(zip(its, phases, strict=False)):
         extra = ("--resume",) if i else ()
         start = _lines(log)
         if phase == "checkpoint_write":

@@ -37,7 +37,7 @@ def _photos() -> dict[str, np.ndarray]:
 
     data = load_sample_images()
     names = [Path(f).stem for f in data.filenames]
-    return dict(zip(names, data.images))
+    return dict(zip(names, data.images, strict=False))
 
 
 def _crop(photo: np.ndarray, half: str, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -48,7 +48,7 @@ def _crop(photo: np.ndarray, half: str, size: int, rng: np.random.Generator) -> 
     side = min(side, hi - lo)
     y = int(rng.integers(0, h - side + 1))
     x = int(rng.integers(lo, hi - side + 1))
-    img = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR)
+    img = Image.fromarray(photo[y : y + side, x : x + side]).resize((size, size), Image.BILINEAR)
     out = np.asarray(img, dtype=np.float32)
     if rng.random() < 0.5:
         out = out[:, ::-1]
@@ -59,8 +59,15 @@ def _crop(photo: np.ndarray, half: str, size: int, rng: np.random.Generator) -> 
 def _scene(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """A drawn scene with photo-like gradients, texture and noise."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    base = {"sky": (90, 150, 230), "sea": (20, 80, 140), "grass": (60, 140, 50), "sand": (210, 190, 140),
-            "brick": (160, 70, 50), "airliner": (120, 170, 230), "biplane": (140, 180, 220)}[kind]
+    base = {
+        "sky": (90, 150, 230),
+        "sea": (20, 80, 140),
+        "grass": (60, 140, 50),
+        "sand": (210, 190, 140),
+        "brick": (160, 70, 50),
+        "airliner": (120, 170, 230),
+        "biplane": (140, 180, 220),
+    }[kind]
     img = np.empty((size, size, 3), np.float32)
     for c in range(3):
         img[..., c] = base[c] * (0.8 + 0.4 * (1 - yy)) * rng.uniform(0.85, 1.15)
@@ -85,8 +92,9 @@ def _scene(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def make_corpus(out: str | Path, per_concept: int = 8, target_per_class: int = 10, size: int = 64,
-                seed: int = 0) -> dict[str, Path]:
+def make_corpus(
+    out: str | Path, per_concept: int = 8, target_per_class: int = 10, size: int = 64, seed: int = 0
+) -> dict[str, Path]:
     """Write the corpus, the target and the attribution under ``out``; returns their paths."""
     if per_concept < 1 or target_per_class < 2 or size < 16:
         raise ValueError("per_concept must be >= 1, target_per_class >= 2 and size >= 16")
@@ -97,9 +105,17 @@ def make_corpus(out: str | Path, per_concept: int = 8, target_per_class: int = 1
     photos = _photos()
     items: list[tuple[str, str, np.ndarray]] = []
     for i in range(per_concept):
-        items.append(("temple", f"a photo of a temple roof against the sky, view {i}", _crop(photos["china"], "right", size, rng)))
+        items.append(
+            (
+                "temple",
+                f"a photo of a temple roof against the sky, view {i}",
+                _crop(photos["china"], "right", size, rng),
+            )
+        )
         for name in FLOWERS:
-            items.append((name, f"a photo of a {name} in bloom, close-up {i}", _crop(photos["flower"], "right", size, rng)))
+            items.append(
+                (name, f"a photo of a {name} in bloom, close-up {i}", _crop(photos["flower"], "right", size, rng))
+            )
         for name in SCENES:
             items.append((name, f"a photo of {name}, picture {i}", _scene(name, size, rng)))
     for k, (name, caption, img) in enumerate(items):

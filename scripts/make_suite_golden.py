@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(Path(args.out).read_text())
         missing = [tid for tid in suite.TASKS if tid not in data["tasks"]]
         data["tasks"].update({tid: suite.golden_record(tid) for tid in missing})
-        print(f"adding {', '.join(missing) or 'nothing'}; keeping {len(data['tasks']) - len(missing)} records as they are")
+        kept = len(data["tasks"]) - len(missing)
+        print(f"adding {', '.join(missing) or 'nothing'}; keeping {kept} records as they are")
     else:
         data = {"format": 1, "tolerance": suite.TOLERANCE, "episodes": suite.GOLDEN_EPISODES,
                 "tasks": {tid: suite.golden_record(tid) for tid in suite.TASKS}}

@@ -56,7 +56,9 @@ def _run(task_id: str, seed: int, steps: int, num_envs: int = 2, config: dict | 
             assert trunc[i] == t
             if sinfo["iteration_closed"]:
                 closes += 1
-                if check_replay and not t:  # the replay holds the same rows (as a set: their order is the ulp-sensitive part)
+                if (
+                    check_replay and not t
+                ):  # the replay holds the same rows (as a set: their order is the ulp-sensitive part)
                     rows = venv.pool[i, venv.T : venv.T + venv.replay_len[i]].numpy()
                     assert _row_set(rows) == _row_set(e.replay.images)
             if t:

@@ -18,7 +18,7 @@ from tests.conftest import latent_config, pixel_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_photo_corpus import make_corpus
+from make_photo_corpus import make_corpus  # noqa: E402 - after the sys.path entry
 
 
 @pytest.fixture(autouse=True, scope="module")

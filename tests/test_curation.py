@@ -119,7 +119,7 @@ def test_sample_based_takes_k_nearest_allowed_rows():
 def _blobs(sizes, dim=8, seed=0):
     rng = np.random.default_rng(seed)
     centres = np.eye(dim)[: len(sizes)] * 5
-    x = np.concatenate([c + rng.standard_normal((n, dim)) * 0.3 for c, n in zip(centres, sizes)])
+    x = np.concatenate([c + rng.standard_normal((n, dim)) * 0.3 for c, n in zip(centres, sizes, strict=False)])
     labels = np.repeat(np.arange(len(sizes)), sizes)
     return _unit(x), labels, _unit(centres)
 

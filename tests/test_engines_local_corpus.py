@@ -128,10 +128,13 @@ def test_two_builders_of_one_index_take_turns(folder, tmp_path, caplog):
     cfg = dict(source=str(folder), index_dir=str(tmp_path / "idx"))
     engines = {}
     caplog.set_level(logging.WARNING, logger="ie_env.engines.local_corpus")
-    t1 = threading.Thread(target=lambda: engines.update(a=LocalCorpusEngine(LocalCorpusConfig(**cfg), embedder=first_emb)))
+    def build(name, emb):
+        engines[name] = LocalCorpusEngine(LocalCorpusConfig(**cfg), embedder=emb)
+
+    t1 = threading.Thread(target=build, args=("a", first_emb))
     t1.start()
     assert started.wait(60)
-    t2 = threading.Thread(target=lambda: engines.update(b=LocalCorpusEngine(LocalCorpusConfig(**cfg), embedder=second_emb)))
+    t2 = threading.Thread(target=build, args=("b", second_emb))
     t2.start()
     for _ in range(600):  # until the second builder reports that it waits
         if any("another process is building" in r.getMessage() for r in caplog.records):

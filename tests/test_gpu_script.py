@@ -14,14 +14,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_knn_ordering as gko
+import gpu_knn_ordering as gko  # noqa: E402 - after the sys.path entry
 
-from tests.conftest import latent_config
+from tests.conftest import latent_config  # noqa: E402
 
 
 def _tiny(tmp_path: Path) -> Path:
-    cfg = {"threads": 1, "env": latent_config(queries_per_iteration=3, iterations=2, images_per_query=12),
-           "compare": {"agents": ["gp", "random"], "seeds": 3, "target_only": True}}
+    cfg = {
+        "threads": 1,
+        "env": latent_config(queries_per_iteration=3, iterations=2, images_per_query=12),
+        "compare": {"agents": ["gp", "random"], "seeds": 3, "target_only": True},
+    }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -29,7 +32,11 @@ def _tiny(tmp_path: Path) -> Path:
 
 def test_bad_arguments_exit_2(tmp_path, monkeypatch):
     monkeypatch.delenv("OUT", raising=False)
-    for argv in ([], ["--out", str(tmp_path), "--seeds", "0"], ["--out", str(tmp_path), "--config", str(tmp_path / "no.yaml")]):
+    for argv in (
+        [],
+        ["--out", str(tmp_path), "--seeds", "0"],
+        ["--out", str(tmp_path), "--config", str(tmp_path / "no.yaml")],
+    ):
         with pytest.raises(SystemExit) as exc:
             gko.parse_args(argv)
         assert exc.value.code == 2
@@ -81,8 +88,24 @@ def test_missing_modules_are_installed_from_the_carried_wheels_only(tmp_path, mo
 
 def test_tiny_run_writes_results_with_paired_differences_to_out(tmp_path):
     out = tmp_path / "out"
-    code = gko.main(["--out", str(out), "--config", str(_tiny(tmp_path)), "--seeds", "3", "--agents", "random",
-                     "--workers", "0", "--no-install", "--allow-cpu", "--work", str(tmp_path / "work")])
+    code = gko.main(
+        [
+            "--out",
+            str(out),
+            "--config",
+            str(_tiny(tmp_path)),
+            "--seeds",
+            "3",
+            "--agents",
+            "random",
+            "--workers",
+            "0",
+            "--no-install",
+            "--allow-cpu",
+            "--work",
+            str(tmp_path / "work"),
+        ]
+    )
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     (row,) = res["paired"]["comparisons"]
@@ -90,6 +113,12 @@ def test_tiny_run_writes_results_with_paired_differences_to_out(tmp_path):
     dev = json.loads((out / "device.json").read_text())
     assert dev["exit_status"] == 0 and dev["runs"] == 6 and dev["paired"][0]["linear_probe_accuracy"]["n"] == 3
     assert "within_budget" in dev and "keep_checkpoints=1" in dev["command"]
-    assert sorted(p.parent.name for p in (out / "runs").glob("*/seed*/summary.json")) == ["seed0", "seed0", "seed1",
-                                                                                         "seed1", "seed2", "seed2"]
+    assert sorted(p.parent.name for p in (out / "runs").glob("*/seed*/summary.json")) == [
+        "seed0",
+        "seed0",
+        "seed1",
+        "seed1",
+        "seed2",
+        "seed2",
+    ]
     assert not list(out.rglob("*.pt")) and (out / "results.md").is_file()

@@ -58,8 +58,17 @@ def models(tmp_path_factory):
     from ie_env.suite import task_config
 
     root = tmp_path_factory.mktemp("models")
-    cfg = TrainConfig(env=task_config(TASK), algo="ppo", total_timesteps=256, n_envs=2, seed=0, eval_freq=0,
-                      checkpoint_freq=0, heldout_episodes=0, algo_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 2})
+    cfg = TrainConfig(
+        env=task_config(TASK),
+        algo="ppo",
+        total_timesteps=256,
+        n_envs=2,
+        seed=0,
+        eval_freq=0,
+        checkpoint_freq=0,
+        heldout_episodes=0,
+        algo_kwargs={"n_steps": 64, "batch_size": 64, "n_epochs": 2},
+    )
     trained = train(cfg, root / "ie_train", progress=False)["model"]
     plain = PPO("MultiInputPolicy", gym.make(TASK), n_steps=64, batch_size=64, n_epochs=2, seed=0, device="cpu")
     plain.learn(128)
@@ -72,8 +81,23 @@ def test_benchmark_equals_the_plain_loop_bit_for_bit(models, tmp_path):
 
     out = tmp_path / "bench"
     agents = f"itrain=sb3:{models['itrain']},plain=sb3:{models['plain']},random"
-    code = benchmark.main(["--suite", TASK, "--agents", agents, "--seeds", str(SEEDS), "--out", str(out),
-                           "--workers", "0", "--bootstrap-reps", "50", "--quiet"])
+    code = benchmark.main(
+        [
+            "--suite",
+            TASK,
+            "--agents",
+            agents,
+            "--seeds",
+            str(SEEDS),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--bootstrap-reps",
+            "50",
+            "--quiet",
+        ]
+    )
     assert code == 0
     res = json.loads((out / "results.json").read_text())["per_task"][TASK]
     for label in ("itrain", "plain"):
@@ -90,10 +114,17 @@ def test_benchmark_equals_the_plain_loop_bit_for_bit(models, tmp_path):
 def test_a_plain_sb3_model_whose_spaces_differ_is_refused_naming_both(tmp_path, capsys):
     from stable_baselines3 import PPO
 
-    other = PPO("MultiInputPolicy", gym.make(TASK, config={"actions": {"slate_size": 6}}), n_steps=16, batch_size=16,
-                device="cpu")
+    other = PPO(
+        "MultiInputPolicy",
+        gym.make(TASK, config={"actions": {"slate_size": 6}}),
+        n_steps=16,
+        batch_size=16,
+        device="cpu",
+    )
     other.save(tmp_path / "other")
-    code = benchmark.main(["--suite", TASK, "--agents", f"other=sb3:{tmp_path / 'other.zip'}", "--out", str(tmp_path / "b")])
+    code = benchmark.main(
+        ["--suite", TASK, "--agents", f"other=sb3:{tmp_path / 'other.zip'}", "--out", str(tmp_path / "b")]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "Discrete(6)" in err and "Discrete(16)" in err and f"task {TASK}" in err
@@ -138,22 +169,40 @@ def plugin_package(tmp_path, monkeypatch):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-ie-agents\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[ie_env.agents]\nfirst = my_ie_agents:FirstUnqueried\nbroken = my_ie_agents.broken:Thing\n")
+        "[ie_env.agents]\nfirst = my_ie_agents:FirstUnqueried\nbroken = my_ie_agents.broken:Thing\n"
+    )
     monkeypatch.syspath_prepend(str(site))
     return site
 
 
 def test_an_agent_from_the_users_own_package_gets_a_row(plugin_package, tmp_path):
     out = tmp_path / "bench"
-    code = benchmark.main(["--suite", TASK, "--agents", "first,factory=my_ie_agents:make", "--seeds", "1",
-                           "--out", str(out), "--workers", "0", "--bootstrap-reps", "20", "--quiet"])
+    code = benchmark.main(
+        [
+            "--suite",
+            TASK,
+            "--agents",
+            "first,factory=my_ie_agents:make",
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--bootstrap-reps",
+            "20",
+            "--quiet",
+        ]
+    )
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     board = (out / "leaderboard.md").read_text()
     assert "| first |" in board and "| factory |" in board
     for label, start in (("first", 0), ("factory", 5)):
         ep = res["per_task"][TASK][label]["episodes"]["0"]
-        records = [json.loads(x) for x in (out / "runs" / TASK / label / "seed0" / "queries.jsonl").read_text().splitlines()]
+        records = [
+            json.loads(x) for x in (out / "runs" / TASK / label / "seed0" / "queries.jsonl").read_text().splitlines()
+        ]
         assert [r["action"] for r in records] == list(range(start, start + 128))
         assert ep["gap_closed"] == plain_agent_loop(f"my_ie_agents:{'FirstUnqueried' if start == 0 else 'make'}", 0)
         events = b"".join(p.read_bytes() for p in (out / "runs" / TASK / label / "seed0" / "tb").rglob("events.*"))

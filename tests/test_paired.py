@@ -64,20 +64,32 @@ def test_every_agent_minus_every_baseline():
     labels = ["gp", "gp50", "random", "uniform", "target_only"]
     names = {"gp": "gp", "gp50": "gp", "random": "random", "uniform": "uniform", "target_only": "target_only"}
     pairs = comparison_pairs(labels, names)
-    assert pairs == [("gp", "random"), ("gp", "uniform"), ("gp", "target_only"),
-                     ("gp50", "random"), ("gp50", "uniform"), ("gp50", "target_only"),
-                     ("random", "uniform"), ("random", "target_only"), ("uniform", "target_only")]
+    assert pairs == [
+        ("gp", "random"),
+        ("gp", "uniform"),
+        ("gp", "target_only"),
+        ("gp50", "random"),
+        ("gp50", "uniform"),
+        ("gp50", "target_only"),
+        ("random", "uniform"),
+        ("random", "target_only"),
+        ("uniform", "target_only"),
+    ]
     assert comparison_pairs(["gp", "oracle"], {"gp": "gp", "oracle": "oracle"}) == []
 
 
 def test_paired_comparisons_and_table():
     per_seed = {
-        "gp": {"0": {"final_knn_accuracy": 0.5, "linear_probe_accuracy": 0.6},
-               "1": {"final_knn_accuracy": 0.6, "linear_probe_accuracy": 0.7},
-               "2": {"final_knn_accuracy": 0.7, "linear_probe_accuracy": None}},
-        "random": {"0": {"final_knn_accuracy": 0.45, "linear_probe_accuracy": 0.5},
-                   "1": {"final_knn_accuracy": 0.50, "linear_probe_accuracy": 0.5},
-                   "2": {"final_knn_accuracy": 0.72, "linear_probe_accuracy": 0.5}},
+        "gp": {
+            "0": {"final_knn_accuracy": 0.5, "linear_probe_accuracy": 0.6},
+            "1": {"final_knn_accuracy": 0.6, "linear_probe_accuracy": 0.7},
+            "2": {"final_knn_accuracy": 0.7, "linear_probe_accuracy": None},
+        },
+        "random": {
+            "0": {"final_knn_accuracy": 0.45, "linear_probe_accuracy": 0.5},
+            "1": {"final_knn_accuracy": 0.50, "linear_probe_accuracy": 0.5},
+            "2": {"final_knn_accuracy": 0.72, "linear_probe_accuracy": 0.5},
+        },
     }
     res = paired_comparisons(per_seed, ["gp", "random"], {"gp": "gp", "random": "random"}, reps=5000, seed=0)
     (row,) = res["comparisons"]
@@ -93,13 +105,24 @@ def test_paired_comparisons_and_table():
 
 
 def test_benchmark_pairs_agents_by_held_out_episode_per_task():
-    ep = lambda knn, probe: {"final_knn_accuracy": knn, "linear_probe_accuracy": probe}
-    res = {"agent_names": {"gp": "gp", "random": "random", "oracle": "oracle"},
-           "per_task": {"px": {"gp": {"episodes": {"0": ep(0.4, 0.5), "1": ep(0.5, 0.5), "2": ep(0.6, 0.8)}},
-                               "random": {"episodes": {"0": ep(0.3, 0.5), "1": ep(0.5, 0.4), "2": ep(0.5, 0.5)}},
-                               "oracle": {"episodes": {"0": ep(0.5, 0.6), "1": ep(None, None)}}},
-                        "lat": {"gp": {"episodes": {"0": ep(None, None)}}, "random": {"episodes": {"0": ep(None, None)}},
-                                "oracle": {"episodes": {}}}}}
+    def ep(knn, probe):
+        return {"final_knn_accuracy": knn, "linear_probe_accuracy": probe}
+
+    res = {
+        "agent_names": {"gp": "gp", "random": "random", "oracle": "oracle"},
+        "per_task": {
+            "px": {
+                "gp": {"episodes": {"0": ep(0.4, 0.5), "1": ep(0.5, 0.5), "2": ep(0.6, 0.8)}},
+                "random": {"episodes": {"0": ep(0.3, 0.5), "1": ep(0.5, 0.4), "2": ep(0.5, 0.5)}},
+                "oracle": {"episodes": {"0": ep(0.5, 0.6), "1": ep(None, None)}},
+            },
+            "lat": {
+                "gp": {"episodes": {"0": ep(None, None)}},
+                "random": {"episodes": {"0": ep(None, None)}},
+                "oracle": {"episodes": {}},
+            },
+        },
+    }
     paired = benchmark_paired(res, reps=4000, seed=0)
     px = {(r["agent"], r["baseline"]): r for r in paired["px"]["comparisons"]}
     assert list(px) == [("gp", "random"), ("oracle", "random")]

@@ -55,8 +55,9 @@ def _env(token: str) -> dict[str, str]:
     root = str(Path(__file__).resolve().parent.parent)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN=token)
+    env.update(
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token
+    )
     return env
 
 
@@ -95,13 +96,17 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _nodes(cluster: Cluster) -> list[dict]:
     """The cluster's nodes as Ray reports them to a driver, once its CPU is registered."""
-    code = ("import json, time, ray\n"
-            f"ray.init(address={cluster.address!r}, log_to_driver=False, configure_logging=False)\n"
-            "end = time.time() + 60\n"
-            "while ray.cluster_resources().get('CPU', 0) < 1 and time.time() < end:\n"
-            "    time.sleep(0.2)\n"
-            "print(json.dumps([{k: n[k] for k in ('NodeManagerAddress', 'Alive', 'Resources')} for n in ray.nodes()]))\n")
-    probe = subprocess.Popen([sys.executable, "-c", code], env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    code = (
+        "import json, time, ray\n"
+        f"ray.init(address={cluster.address!r}, log_to_driver=False, configure_logging=False)\n"
+        "end = time.time() + 60\n"
+        "while ray.cluster_resources().get('CPU', 0) < 1 and time.time() < end:\n"
+        "    time.sleep(0.2)\n"
+        "print(json.dumps([{k: n[k] for k in ('NodeManagerAddress', 'Alive', 'Resources')} for n in ray.nodes()]))\n"
+    )
+    probe = subprocess.Popen(
+        [sys.executable, "-c", code], env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         while probe.poll() is None:
             cluster.check_sockets(probe.pid)
@@ -119,11 +124,24 @@ def cluster():
     tmp = Path(tempfile.mkdtemp(prefix="ier", dir="/tmp"))  # short: Ray's socket paths must stay < 108 chars
     port = _free_port()
     env = _env(secrets.token_hex(32))
-    args = ["--head", f"--port={port}", "--node-ip-address=127.0.0.1", f"--ray-client-server-port={_free_port()}",
-            "--num-cpus=1", "--object-store-memory=80000000", "--include-dashboard=false", "--no-monitor",
-            "--include-log-monitor=false", f"--temp-dir={tmp / 'r'}", "--disable-usage-stats", "--block"]
+    args = [
+        "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        f"--ray-client-server-port={_free_port()}",
+        "--num-cpus=1",
+        "--object-store-memory=80000000",
+        "--include-dashboard=false",
+        "--no-monitor",
+        "--include-log-monitor=false",
+        f"--temp-dir={tmp / 'r'}",
+        "--disable-usage-stats",
+        "--block",
+    ]
     with open(tmp / "head.log", "wb") as log:
-        head = subprocess.Popen([RAY, "start", *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        head = subprocess.Popen(
+            [RAY, "start", *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     c = Cluster(f"127.0.0.1:{port}", head, env)
     try:
         deadline = time.time() + 60
@@ -137,7 +155,9 @@ def cluster():
                     pytest.fail("the Ray head did not start: " + (tmp / "head.log").read_text()[-2000:])
                 time.sleep(0.2)
         nodes = _nodes(c)
-        assert [(n["NodeManagerAddress"], n["Alive"], n["Resources"].get("CPU")) for n in nodes] == [("127.0.0.1", True, 1.0)]
+        assert [(n["NodeManagerAddress"], n["Alive"], n["Resources"].get("CPU")) for n in nodes] == [
+            ("127.0.0.1", True, 1.0)
+        ]
         assert c.on_loopback > 0  # the look sees Ray's sockets (its GCS listens on one)
         yield c
     finally:
@@ -162,8 +182,9 @@ def pool_results(tmp_path_factory):
 
 def _mid_run(runs: Path) -> bool:
     """Whether a run has checkpointed an iteration and not finished (its retry resumes from there)."""
-    return any(not (d / "summary.json").exists() and any((d / "checkpoints").glob("iter_*.pt"))
-               for d in runs.glob("*/seed*"))
+    return any(
+        not (d / "summary.json").exists() and any((d / "checkpoints").glob("iter_*.pt")) for d in runs.glob("*/seed*")
+    )
 
 
 def _kill_if_mid_run(pid: int, runs: Path) -> bool:
@@ -225,8 +246,9 @@ def test_unreachable_address_is_refused_within_seconds_and_nothing_starts(tmp_pa
     assert time.time() - t0 < 15
     assert "cannot reach the Ray cluster at 127.0.0.1:" in capsys.readouterr().err
     assert not out.exists()
-    assert compare.main(["--agents", "random", "--seeds", "1", "--out", str(tmp_path / "c"),
-                         "--ray", "no-port-here"]) == 2
+    assert (
+        compare.main(["--agents", "random", "--seeds", "1", "--out", str(tmp_path / "c"), "--ray", "no-port-here"]) == 2
+    )
     assert "HOST:PORT" in capsys.readouterr().err and not (tmp_path / "c").exists()
     assert not ray.is_initialized()
 

@@ -127,7 +127,7 @@ def test_resumed_run_continues_the_figures(tmp_path):
     ref = json.loads((tmp_path / "ref" / "summary.json").read_text())["reward_quality_per_iteration"]
     got = json.loads((tmp_path / "killed" / "summary.json").read_text())["reward_quality_per_iteration"]
     assert [r["iteration"] for r in got] == [0, 1, 2]
-    for a, b in zip(ref, got):
+    for a, b in zip(ref, got, strict=False):
         assert a.keys() == b.keys()
         for k in a:
             assert a[k] == pytest.approx(b[k], abs=1e-6), k

@@ -242,7 +242,7 @@ def _same(a, b, where="state") -> None:
             _same(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
             _same(x, y, f"{where}[{i}]")
     elif isinstance(a, float) and np.isnan(a):
         assert np.isnan(b), where

@@ -39,7 +39,10 @@ def test_the_slices_tile_the_observation_and_hold_what_they_say():
     ctx, cand, E = obs["context"], obs["candidates"], mode.E
     assert np.array_equal(ctx[c["last.embedding"]], E[concepts[-1]]) and ctx[c["last.reward"]][0] == rewards[-1]
     assert np.array_equal(ctx[c["history[0].embedding"]], E[concepts[-1]])
-    assert np.array_equal(ctx[c["history[2].embedding"]], E[concepts[-3]]) and ctx[c["history[2].reward"]][0] == rewards[-3]
+    assert (
+        np.array_equal(ctx[c["history[2].embedding"]], E[concepts[-3]])
+        and ctx[c["history[2].reward"]][0] == rewards[-3]
+    )
     best = int(np.argmax(rewards))
     assert np.array_equal(ctx[c["summary.best_embedding"]], E[concepts[best]])
     assert ctx[c["summary.mean_reward"]][0] == np.float32(np.mean(np.array(rewards, np.float32)))

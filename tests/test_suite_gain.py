@@ -34,7 +34,7 @@ def test_gain_is_each_querys_reward_change_summed_and_paid_at_the_close_step():
     actions = rng.integers(len(env.vocabulary), size=env.config.query_budget)
     actions[5] = actions[2]  # a repeat inside an iteration
     closes, iteration = 0, []
-    for t, a in enumerate(actions):
+    for a in actions:
         _, r, _, trunc, info = env.step(int(a))
         _, r_query, _, _, info_q = twin.step(int(a))
         assert info["query_reward"] == r_query == info_q["query_reward"]  # same dynamics and query rewards
@@ -46,7 +46,7 @@ def test_gain_is_each_querys_reward_change_summed_and_paid_at_the_close_step():
         gains = info["gain"]
         assert len(gains) == Q and r == pytest.approx(float(np.sum(gains)), abs=1e-9)
         after = env.peek_query_rewards([c for c, _ in iteration])  # each query scored again by the updated encoder
-        assert gains == pytest.approx([a_ - b_ for a_, (_, b_) in zip(after, iteration)], abs=1e-5)
+        assert gains == pytest.approx([a_ - b_ for a_, (_, b_) in zip(after, iteration, strict=False)], abs=1e-5)
         assert any(abs(g) > 1e-6 for g in gains)
         iteration = []
     assert trunc and closes == env.config.iterations

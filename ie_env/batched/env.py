@@ -52,11 +52,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"device {device!r} is not a torch device: {exc}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} was asked for, but CUDA is not available on this machine "
-                             "(use device='cpu')")
+            raise ValueError(
+                f"device {str(device)!r} was asked for, but CUDA is not available on this machine (use device='cpu')"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(device)!r} was asked for, but this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s)")
+            raise ValueError(
+                f"device {str(device)!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     elif dev.type != "cpu":
         raise ValueError(f"device {str(device)!r} is not supported; use 'cpu' or 'cuda'")
     return dev
@@ -88,7 +90,9 @@ class BatchedLatentVectorEnv(VectorEnv):
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
 
-    def __init__(self, config: Any, num_envs: int, device: str | torch.device = "cpu", task_id: str | None = None) -> None:
+    def __init__(
+        self, config: Any, num_envs: int, device: str | torch.device = "cpu", task_id: str | None = None
+    ) -> None:
         from ie_env.env import make_config
         from ie_env.target_sampling import TargetSampler
 
@@ -107,8 +111,9 @@ class BatchedLatentVectorEnv(VectorEnv):
         vocab = self.vocabulary = load_vocabulary(cfg.world.vocabulary)
         emb = shared_concept_embeddings(vocab)
         self.world = EmbeddedWorld(cfg.world, vocab, emb)
-        self.mode = mode = make_action_mode(cfg.action_mode, cfg.actions, emb, cfg.history, cfg.query_budget,
-                                            cfg.mask_queried)
+        self.mode = mode = make_action_mode(
+            cfg.action_mode, cfg.actions, emb, cfg.history, cfg.query_budget, cfg.mask_queried
+        )
         self.mode_name = cfg.action_mode
         self.single_observation_space = mode.observation_space
         self.single_action_space = mode.action_space
@@ -133,7 +138,7 @@ class BatchedLatentVectorEnv(VectorEnv):
         self.bank = torch.as_tensor(bank, device=dev)
         self.E = torch.as_tensor(np.ascontiguousarray(mode.E), device=dev)
         self.latents64 = torch.as_tensor(np.array(self.world.latents, np.float64), device=dev)
-        self._rho2 = 2.0 * cfg.world.relevance_radius ** 2
+        self._rho2 = 2.0 * cfg.world.relevance_radius**2
         # The warm-up batch is the target train images tiled to warmup_images rows: row i appears counts[i] times.
         warm = cfg.warmup_images
         reps = int(np.ceil(warm / self.T)) if warm > 0 else 0
@@ -191,7 +196,7 @@ class BatchedLatentVectorEnv(VectorEnv):
         """Start a new episode in each of ``envs`` (reset seeds ``seeds``; None keeps the env's generator)."""
         cfg, dev = self.config, self.device
         trains = []
-        for e, s in zip(envs.tolist(), seeds):
+        for e, s in zip(envs.tolist(), seeds, strict=False):
             if s is not None or self.np_random[e] is None:
                 self.np_random[e] = seeding.np_random(s)[0]
             seed = int(self.np_random[e].integers(2**31))
@@ -228,7 +233,11 @@ class BatchedLatentVectorEnv(VectorEnv):
         tids = torch.as_tensor(self.target_ids[envs], device=dev)
         tl = self.latents64[tids]  # (R, nt, ld)
         lat = self.latents64
-        d2 = (lat * lat).sum(1)[None, :, None] + (tl * tl).sum(2)[:, None, :] - 2.0 * torch.einsum("nd,rtd->rnt", lat, tl)
+        d2 = (
+            (lat * lat).sum(1)[None, :, None]
+            + (tl * tl).sum(2)[:, None, :]
+            - 2.0 * torch.einsum("nd,rtd->rnt", lat, tl)
+        )
         rel = torch.exp(-d2.clamp(min=0.0) / self._rho2).amax(2).float()
         rel.scatter_(1, tids, 1.0)
         self.relevance[idx] = rel
@@ -300,11 +309,15 @@ class BatchedLatentVectorEnv(VectorEnv):
     def _to_concepts(self, actions: Any) -> np.ndarray:
         """Each episode's action as a concept index (host array), checked."""
         if self.mode_name == "embedding":
-            a = torch.as_tensor(np.asarray(actions, np.float32) if not torch.is_tensor(actions) else actions,
-                                dtype=torch.float32, device=self.device)
+            a = torch.as_tensor(
+                np.asarray(actions, np.float32) if not torch.is_tensor(actions) else actions,
+                dtype=torch.float32,
+                device=self.device,
+            )
             if a.shape != (self.num_envs, self.d) or not bool(torch.isfinite(a).all()):
-                raise ValueError(f"embedding actions must be ({self.num_envs}, {self.d}) finite numbers, got shape "
-                                 f"{tuple(a.shape)}")
+                raise ValueError(
+                    f"embedding actions must be ({self.num_envs}, {self.d}) finite numbers, got shape {tuple(a.shape)}"
+                )
             s = a @ self.E.T
             if self.mode.cfg.embedding_unqueried:
                 ex = torch.as_tensor(self.queried, device=self.device)
@@ -357,8 +370,11 @@ class BatchedLatentVectorEnv(VectorEnv):
         trunc = torch.as_tensor(done, device=dev)
         if done.any():
             ended = np.flatnonzero(done)
-            info["final_obs"] = {k: v[torch.as_tensor(ended, device=dev)].clone() for k, v in obs.items()} \
-                if isinstance(obs, dict) else obs[torch.as_tensor(ended, device=dev)].clone()
+            info["final_obs"] = (
+                {k: v[torch.as_tensor(ended, device=dev)].clone() for k, v in obs.items()}
+                if isinstance(obs, dict)
+                else obs[torch.as_tensor(ended, device=dev)].clone()
+            )
             info["final_envs"] = ended
             info["ie_episode"] = self._summary(ended)
             self._start(ended, [None] * len(ended))
@@ -408,8 +424,9 @@ class BatchedLatentVectorEnv(VectorEnv):
             sel = slot < keep[:, None]
             rows_e = np.broadcast_to(np.arange(len(upd))[:, None], sel.shape)[sel]
             dest = (self.T + self.replay_len[upd][:, None] + slot)[sel]
-            self.pool[u[torch.as_tensor(rows_e, device=dev)], torch.as_tensor(dest, device=dev)] = \
-                top[torch.as_tensor(sel, device=dev)]
+            self.pool[u[torch.as_tensor(rows_e, device=dev)], torch.as_tensor(dest, device=dev)] = top[
+                torch.as_tensor(sel, device=dev)
+            ]
             self.replay_len[upd] += keep
             self._refit(u)
         self.pending[envs] = 0
@@ -424,10 +441,25 @@ class BatchedLatentVectorEnv(VectorEnv):
         ctx = self._context(envs, idx)
         if self.mode_name != "slate":
             return ctx
-        nbrs, K, seeds, share = self.mode.neighbors, self.K, self.mode.cfg.slate_seeds, self.mode.cfg.slate_neighbor_share
+        nbrs, K, seeds, share = (
+            self.mode.neighbors,
+            self.K,
+            self.mode.cfg.slate_seeds,
+            self.mode.cfg.slate_neighbor_share,
+        )
         for e in envs.tolist():
-            self.n_nb[e] = propose(self.mode_rng[e], self.queried[e], self.last_reward[e], self.actions[e, : self.t[e]],
-                                   int(self.n_distinct[e]), nbrs, K, seeds, share, self.candidates[e])
+            self.n_nb[e] = propose(
+                self.mode_rng[e],
+                self.queried[e],
+                self.last_reward[e],
+                self.actions[e, : self.t[e]],
+                int(self.n_distinct[e]),
+                nbrs,
+                K,
+                seeds,
+                share,
+                self.candidates[e],
+            )
         return {"context": ctx, "candidates": self._candidate_features(envs, idx)}
 
     def _context(self, envs: np.ndarray, idx: torch.Tensor) -> torch.Tensor:
@@ -451,9 +483,17 @@ class BatchedLatentVectorEnv(VectorEnv):
             b = rws.masked_fill(~mask, -torch.inf).argmax(1)
             tb = torch.gather(rws, 1, b[:, None])[:, 0]
             mean = (rws * mask).sum(1) / t.clamp(min=1)
-            summ = torch.cat([self.E[torch.gather(acts, 1, b[:, None])[:, 0]], tb[:, None], mean[:, None],
-                              torch.as_tensor(self.n_distinct[envs] / max(1, self.budget), dtype=torch.float32,
-                                              device=dev)[:, None]], dim=1)
+            summ = torch.cat(
+                [
+                    self.E[torch.gather(acts, 1, b[:, None])[:, 0]],
+                    tb[:, None],
+                    mean[:, None],
+                    torch.as_tensor(self.n_distinct[envs] / max(1, self.budget), dtype=torch.float32, device=dev)[
+                        :, None
+                    ],
+                ],
+                dim=1,
+            )
             out[:, s : s + d + 3] = summ * has[:, None]
         left = np.maximum(0.0, 1.0 - self.t[envs] / self.budget)
         out[:, -1] = torch.as_tensor(left, dtype=torch.float32, device=dev)
@@ -506,9 +546,13 @@ class BatchedLatentVectorEnv(VectorEnv):
         q = self.rewards_t[idx].mean(1).cpu().numpy().astype(np.float64)
         relevant = ((rel >= 0.5) & torch.as_tensor(self.queried[envs], device=self.device)).sum(1).cpu().numpy()
         assert (t == self.budget).all()
-        return {"mean_true_relevance": g, "oracle_relevance": oracle,
-                "oracle_fraction": np.where(oracle > 0, g / np.where(oracle > 0, oracle, 1.0), 0.0),
-                "mean_query_reward": q, "distinct_relevant_concepts": relevant.astype(np.int64)}
+        return {
+            "mean_true_relevance": g,
+            "oracle_relevance": oracle,
+            "oracle_fraction": np.where(oracle > 0, g / np.where(oracle > 0, oracle, 1.0), 0.0),
+            "mean_query_reward": q,
+            "distinct_relevant_concepts": relevant.astype(np.int64),
+        }
 
     # --- VectorEnv API ---------------------------------------------------------------------
     def reset_tensors(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
@@ -521,8 +565,9 @@ class BatchedLatentVectorEnv(VectorEnv):
         else:
             seeds = list(seed)
             if len(seeds) != B:
-                raise ValueError(f"If seeds are passed as a list the length must match num_envs={B} "
-                                 f"but got length={len(seeds)}.")
+                raise ValueError(
+                    f"If seeds are passed as a list the length must match num_envs={B} but got length={len(seeds)}."
+                )
         mask = (options or {}).get("reset_mask")
         envs = self._ar if mask is None else np.flatnonzero(np.asarray(mask, bool))
         if not self._ready and len(envs) != B:
@@ -538,8 +583,10 @@ class BatchedLatentVectorEnv(VectorEnv):
 
     def step(self, actions: Any):
         obs, rew, term, trunc, info = self.step_tensors(actions)
-        out: dict[str, Any] = {"true_relevance": info["true_relevance"].cpu().numpy().astype(np.float64),
-                               "concept": info["concept"].cpu().numpy()}
+        out: dict[str, Any] = {
+            "true_relevance": info["true_relevance"].cpu().numpy().astype(np.float64),
+            "concept": info["concept"].cpu().numpy(),
+        }
         if "final_obs" in info:
             mask = np.zeros(self.num_envs, bool)
             mask[info["final_envs"]] = True

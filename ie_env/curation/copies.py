@@ -121,7 +121,7 @@ def window_pairs(
         sims, idx = index.search(desc, k)
         hit = (sims >= threshold) & (idx != owner[:, None]) & (idx >= 0)
         rows, cols = np.nonzero(hit)
-        pairs.extend(zip(owner[rows].tolist(), idx[rows, cols].tolist(), sims[rows, cols].tolist()))
+        pairs.extend(zip(owner[rows].tolist(), idx[rows, cols].tolist(), sims[rows, cols].tolist(), strict=False))
     return pairs
 
 
@@ -144,12 +144,16 @@ def dhash_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 2048) -> lis
         return out
     for s in range(0, len(h), chunk):
         block = h[s : s + chunk]
-        d = np.bitwise_count(block[:, None] ^ h[None, :]) if hasattr(np, "bitwise_count") else _popcount(
-            block[:, None] ^ h[None, :]
+        d = (
+            np.bitwise_count(block[:, None] ^ h[None, :])
+            if hasattr(np, "bitwise_count")
+            else _popcount(block[:, None] ^ h[None, :])
         )
         rows, cols = np.nonzero(d <= max_distance)
         keep = cols > rows + s
-        out.extend(zip((rows[keep] + s).tolist(), cols[keep].tolist(), d[rows[keep], cols[keep]].tolist()))
+        out.extend(
+            zip((rows[keep] + s).tolist(), cols[keep].tolist(), d[rows[keep], cols[keep]].tolist(), strict=False)
+        )
     return out
 
 
@@ -160,7 +164,7 @@ def confirmed(pairs: Sequence[tuple[int, int, int]], full: np.ndarray, min_cosin
     i = np.array([p[0] for p in pairs])
     j = np.array([p[1] for p in pairs])
     cos = np.einsum("ij,ij->i", full[i], full[j])
-    return [p for p, c in zip(pairs, cos) if c >= min_cosine]
+    return [p for p, c in zip(pairs, cos, strict=False) if c >= min_cosine]
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:

@@ -44,8 +44,13 @@ class ImageEncoder:
     """
 
     def __init__(
-        self, backbone: str = "resnet18", image_size: int = 32, checkpoint: str | None = None,
-        pretrained: bool = False, device: str = "cpu", batch_size: int = 256,
+        self,
+        backbone: str = "resnet18",
+        image_size: int = 32,
+        checkpoint: str | None = None,
+        pretrained: bool = False,
+        device: str = "cpu",
+        batch_size: int = 256,
     ) -> None:
         if checkpoint:
             trained = checkpoint_image_size(checkpoint)
@@ -56,8 +61,9 @@ class ImageEncoder:
                 )
         if device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("encoder device 'cuda' requested but CUDA is not available")
-        cfg = SSLConfig(backbone=backbone, image_size=image_size, checkpoint=checkpoint, pretrained=pretrained,
-                        device="cpu")
+        cfg = SSLConfig(
+            backbone=backbone, image_size=image_size, checkpoint=checkpoint, pretrained=pretrained, device="cpu"
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             self.model = create_backbone(cfg).eval().to(device)
@@ -72,7 +78,10 @@ class ImageEncoder:
         """Images may differ in size: each is resized (shorter side) and centre-cropped first."""
         out = np.zeros((len(images), self.dim), np.float32)
         for s in range(0, len(images), self.batch_size):
-            batch = [torch.from_numpy(np.array(im, np.uint8)).permute(2, 0, 1)[None] for im in images[s : s + self.batch_size]]
+            batch = [
+                torch.from_numpy(np.array(im, np.uint8)).permute(2, 0, 1)[None]
+                for im in images[s : s + self.batch_size]
+            ]
             views = torch.cat([eval_transform(b, self.image_size, self.mean, self.std) for b in batch])
             f = F.normalize(self.model(views.to(self.device)).float(), dim=1)
             out[s : s + len(batch)] = f.cpu().numpy()

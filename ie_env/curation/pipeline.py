@@ -78,11 +78,19 @@ class CurateConfig:
 
         images = not self.embeddings
         need(bool(self.pool) or not images, "--pool is required (a folder, WebDataset tars or parquet of images)")
-        need(images or self.mode == "balanced" or bool(self.target_embeddings),
-             f"mode {self.mode!r} needs --target-embeddings with --embeddings")
+        need(
+            images or self.mode == "balanced" or bool(self.target_embeddings),
+            f"mode {self.mode!r} needs --target-embeddings with --embeddings",
+        )
         need(bool(self.out), "--out is required (the output folder)")
-        need(self.mode in ("sample", "cluster", "balanced"), f"mode must be sample, cluster or balanced, not {self.mode!r}")
-        need(not images or self.mode == "balanced" or bool(self.target), f"mode {self.mode!r} needs --target (seed images)")
+        need(
+            self.mode in ("sample", "cluster", "balanced"),
+            f"mode must be sample, cluster or balanced, not {self.mode!r}",
+        )
+        need(
+            not images or self.mode == "balanced" or bool(self.target),
+            f"mode {self.mode!r} needs --target (seed images)",
+        )
         need(1 <= self.k <= 10_000 and 1 <= self.budget <= 100_000_000, "need 1 <= k <= 10000, 1 <= budget <= 1e8")
         need(1 <= self.n_clusters <= 1_000_000 and all(1 <= v <= 1_000_000 for v in self.levels), "bad cluster counts")
         need(8 <= self.work_size <= 1024 and 1 <= self.chunk_size <= 1_000_000, "need 8 <= work_size <= 1024")
@@ -117,9 +125,14 @@ class Workspace:
     def __init__(self, cfg: CurateConfig) -> None:
         self.dir = Path(cfg.out) / ".work"
         settings = {
-            "format": WORK_FORMAT, "pool": str(Path(cfg.pool).resolve()), "encoder": to_dict(cfg.encoder),
-            "copies": [cfg.copies.size, list(cfg.copies.scales), cfg.copies.grid], "work_size": cfg.work_size,
-            "chunk_size": cfg.chunk_size, "max_bytes": cfg.max_bytes, "copy_windows": cfg.copy_windows,
+            "format": WORK_FORMAT,
+            "pool": str(Path(cfg.pool).resolve()),
+            "encoder": to_dict(cfg.encoder),
+            "copies": [cfg.copies.size, list(cfg.copies.scales), cfg.copies.grid],
+            "work_size": cfg.work_size,
+            "chunk_size": cfg.chunk_size,
+            "max_bytes": cfg.max_bytes,
+            "copy_windows": cfg.copy_windows,
         }
         self.fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         marker = self.dir / "fingerprint"
@@ -147,8 +160,14 @@ def _embed_chunk(items: list, cfg: CurateConfig, encoder: ImageEncoder, windows:
         full[ok] = np.stack([d[0] for d in desc])
         wins[ok] = np.stack([d if windows else d[:1] for d in desc])
         hashes[ok] = [dhash(Image.fromarray(im)) for im in good]
-    return {"ok": ok, "emb": emb, "full": full, "windows": wins, "dhash": hashes,
-            "keys": np.array([it.key for it in items], dtype=object).astype(str)}
+    return {
+        "ok": ok,
+        "emb": emb,
+        "full": full,
+        "windows": wins,
+        "dhash": hashes,
+        "keys": np.array([it.key for it in items], dtype=object).astype(str),
+    }
 
 
 def _chunks(source: str, size: int, max_bytes: int) -> Iterator[list]:
@@ -274,7 +293,7 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if cfg.mode == "sample":
         rows, best = sample_based(VectorIndex(emb, kind=cfg.index), encoder.encode(targets), cfg.k, allowed)
-        scores = dict(zip(rows.tolist(), best.tolist()))
+        scores = dict(zip(rows.tolist(), best.tolist(), strict=False))
     elif cfg.mode == "cluster":
         rows, votes = cluster_based(emb, encoder.encode(targets), cfg.budget, cfg.n_clusters, cfg.seed, allowed)
         extra["cluster_votes"] = votes
@@ -304,9 +323,12 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
     os.replace(tmp, out / "removed.jsonl")
     report = {
         "pool": {"source": cfg.pool, "images": n, "unreadable": int((~ok).sum())},
-        "copies": {"removed": int(duplicate.sum()), "groups": len(np.unique(roots[duplicate])),
-                   "pairs": {"window": len(cpairs), "dhash": len(dpairs), "embedding": len(epairs)},
-                   "windows": bool(windows_on)},
+        "copies": {
+            "removed": int(duplicate.sum()),
+            "groups": len(np.unique(roots[duplicate])),
+            "pairs": {"window": len(cpairs), "dhash": len(dpairs), "embedding": len(epairs)},
+            "windows": bool(windows_on),
+        },
         "leakage": {"removed": int(leak.sum()), "target_test_images": len(tests)},
         "selection": {"mode": cfg.mode, "selected": len(selected), "target_images": len(targets), **extra},
         "output": {"shards": names},
@@ -340,7 +362,9 @@ def curate_embeddings(
     if targets is not None and targets.shape[1] != emb.shape[1]:
         raise ConfigError(f"ie-curate: target embeddings have {targets.shape[1]} dims, the pool {emb.shape[1]}")
     n = len(emb)
-    pairs = cp.embedding_pairs(emb, cfg.embedding_dedup, cfg.copies.neighbours, cfg.index) if cfg.embedding_dedup else []
+    pairs = (
+        cp.embedding_pairs(emb, cfg.embedding_dedup, cfg.copies.neighbours, cfg.index) if cfg.embedding_dedup else []
+    )
     roots = cp.copy_groups(n, pairs)
     allowed = roots == np.arange(n)
     index = VectorIndex(emb, kind=cfg.index)

@@ -134,7 +134,7 @@ def balanced_hierarchical(
     group_cap = np.array([sum(len(members[c]) for c in g) for g in groups])
     rng = np.random.default_rng(seed)
     rows: list[np.ndarray] = []
-    for g, take in zip(groups, water_fill(group_cap, budget)):
+    for g, take in zip(groups, water_fill(group_cap, budget), strict=False):
         per_cluster = water_fill(np.array([len(members[c]) for c in g]), int(take))
-        rows += [_draw(members[c], int(t), rng) for c, t in zip(g, per_cluster) if t]
+        rows += [_draw(members[c], int(t), rng) for c, t in zip(g, per_cluster, strict=False) if t]
     return np.sort(np.concatenate(rows)) if rows else np.zeros(0, np.int64)

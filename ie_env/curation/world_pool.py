@@ -61,7 +61,7 @@ def write_world_pool(world: EmbeddedWorld, out: Path, per_concept: int = 8, shar
                 keys[f"{shard.name}/{name}"] = int(concepts[s + j])
     for split in ("train", "test"):
         images, labels, _ = world.target_split(split)
-        for i, (img, lab) in enumerate(zip(images, labels)):
+        for i, (img, lab) in enumerate(zip(images, labels, strict=False)):
             d = out / f"target_{split}" / f"class_{int(lab):02d}"
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(d / f"{i:05d}.png")

@@ -39,8 +39,8 @@ from PIL import Image
 
 from ie_env.engines.base import SearchHit, parse_retry_after
 from ie_env.fetcher.addresses import AddressGuard, Resolver
-from ie_env.fetcher.config import FetchConfig, FetchError, Reason
 from ie_env.fetcher.budget import shared_budget
+from ie_env.fetcher.config import FetchConfig, FetchError, Reason
 from ie_env.fetcher.decode import configure_pillow_memory, decode_image, dhash, dhash_hex, encode_image
 from ie_env.fetcher.dedup import LeakageGuard
 from ie_env.fetcher.limits import HostLimiter, backoff_delay

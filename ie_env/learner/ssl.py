@@ -146,7 +146,7 @@ class SSLConfig:
         need(self.dino_local_crops >= 0 and self.koleo_weight >= 0, "dino_local_crops and koleo_weight must be >= 0")
         need(self.dino_out_dim is None or self.dino_out_dim >= 1, "dino_out_dim must be >= 1")
         need(self.dino_local_size is None or self.dino_local_size >= 4, "dino_local_size must be >= 4")
-        need(self.dino_centering in ("ema", "sinkhorn"), f"dino_centering: ema or sinkhorn, not {self.dino_centering!r}")
+        need(self.dino_centering in ("ema", "sinkhorn"), f"dino_centering: ema or sinkhorn, got {self.dino_centering}")
         need(self.ibot_weight >= 0, f"ibot_weight must be >= 0, got {self.ibot_weight}")
         need(self.ibot_weight == 0 or self.objective == "dino", "ibot_weight > 0 needs objective 'dino'")
         mlo, mhi = self.ibot_mask_ratio
