@@ -1,4 +1,4 @@
-"""Reward quality: how well the query reward ranks concepts by ground-truth relevance (DESIGN §8).
+"""Reward quality: how well the query reward ranks concepts by ground-truth relevance.
 
 On a fixed concept panel (every concept with ``g >= 0.5`` plus a seeded random sample of the rest,
 the same panel for every run of an episode's target), the reward each concept would get now
