@@ -10,7 +10,10 @@ run of the same seed, DESIGN §7) is one more row, in ``OUT/runs/target_only/see
 agent minus every baseline present, per seed, of final k-NN and linear-probe accuracy, with a
 bootstrap 95% interval over seeds, :mod:`experiments.paired`), ``OUT/results.md`` (the tables) and
 PNG figures. Runs of one seed share the target and the initial weights (``reset(seed)`` fixes both),
-which is what makes the per-seed differences paired.
+which is what makes the per-seed differences paired. With ``--retrieval`` (pixels fidelity, the
+embedded world) the retrieval baseline (:mod:`experiments.retrieval_baseline`: as many new images per
+iteration as the same exploring run downloaded, retrieved by image embedding from the world's
+uncaptioned pool, with the same SSL in the loop) is one more row, in ``OUT/runs/retrieval/seed<k>``.
 
 On a search engine (``env.engine.name`` other than ``embedded``, e.g. ``local_corpus``) ground truth
 is unknown: g-based figures (gap closed, regret, coverage) are None and their plots absent, while
@@ -52,6 +55,8 @@ from experiments.paired import DEFAULT_REPS, paired_comparisons, paired_markdown
 from ie_env.config import ConfigError, apply_overrides, atomic_write_text, from_dict, load_yaml, merge, to_dict
 
 TARGET_ONLY = "target_only"
+RETRIEVAL = "retrieval"
+BASELINE_ROWS = (TARGET_ONLY, RETRIEVAL)  # rows run by ie-compare itself, matched to an exploring agent
 RESULT_FILES = ("results.json", "results.md", "compare.yaml")
 FIGURE_FILES = ("reward.png", "knn.png", "regret.png")
 
@@ -64,7 +69,9 @@ class CompareSettings:
     seeds: int = 3  # seeds first_seed .. first_seed + seeds - 1
     first_seed: int = 0
     target_only: bool = True  # add the compute-matched target-only baseline as a row
-    match: str = ""  # agent whose runs target-only matches ("" = gp when compared, else the first agent)
+    retrieval: bool = False  # add the retrieval baseline (pixels only) as a row, matched like target-only
+    retrieval_per_concept: int = 8  # pool images per vocabulary concept of the retrieval baseline
+    match: str = ""  # agent whose runs the baselines match ("" = gp when compared, else the first agent)
     agent_configs: dict[str, Any] = field(default_factory=dict)  # per agent label: make_agent kwargs
     base: str = ""  # another config file, relative to this one; this file's values override it
 
@@ -73,6 +80,8 @@ class CompareSettings:
             raise ConfigError(f"compare.seeds must be at least 1, got {self.seeds}")
         if self.first_seed < 0:
             raise ConfigError(f"compare.first_seed must be >= 0, got {self.first_seed}")
+        if self.retrieval_per_concept < 1:
+            raise ConfigError(f"compare.retrieval_per_concept must be at least 1, got {self.retrieval_per_concept}")
         for label, cfg in self.agent_configs.items():
             if not isinstance(cfg, dict):
                 raise ConfigError(f"compare.agent_configs.{label} must be a mapping, got {cfg!r}")
@@ -90,7 +99,7 @@ class RunSpec:
     seed: int
     run_dir: Path
     cfg: Any  # experiments.run.RunConfig
-    match_key: str | None = None  # target-only: the exploring run it is matched to
+    match_key: str | None = None  # target-only and retrieval: the exploring run it is matched to
 
     @property
     def key(self) -> str:
@@ -99,6 +108,10 @@ class RunSpec:
     @property
     def is_target_only(self) -> bool:
         return self.label == TARGET_ONLY
+
+    @property
+    def is_retrieval(self) -> bool:
+        return self.label == RETRIEVAL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,8 +158,8 @@ def parse_agents(items: list[str]) -> list[AgentSpec]:
         label = label.strip() or re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "agent"
         if not re.fullmatch(r"[A-Za-z0-9._-]+", label):
             raise ConfigError(f"agent label {label!r} may hold only letters, digits, '.', '_' and '-'")
-        if label == TARGET_ONLY and name != TARGET_ONLY:
-            raise ConfigError(f"the label {TARGET_ONLY!r} is reserved for the target-only baseline")
+        if label in BASELINE_ROWS and name != label:
+            raise ConfigError(f"the label {label!r} is reserved for the {label.replace('_', '-')} baseline")
         if label in seen:
             raise ConfigError(f"agent {label!r} is listed twice; give one of them a label (LABEL=NAME)")
         seen.add(label)
@@ -202,6 +215,13 @@ def plan_runs(out: Path, cfg: Any, agents: list[AgentSpec], settings: CompareSet
         for s in seeds:
             run_cfg = replace(cfg, agent=TARGET_ONLY, agent_config={}, seed=s)
             specs.append(RunSpec(TARGET_ONLY, s, out / "runs" / TARGET_ONLY / f"seed{s}", run_cfg, match_key=f"{m}/seed{s}"))
+    if settings.retrieval:
+        m = match_label(agents, settings)
+        for s in seeds:
+            run_cfg = replace(cfg, agent=RETRIEVAL, agent_config={"per_concept": settings.retrieval_per_concept},
+                              seed=s)
+            specs.append(RunSpec(RETRIEVAL, s, out / "runs" / RETRIEVAL / f"seed{s}", run_cfg,
+                                 match_key=f"{m}/seed{s}"))
     return specs
 
 
@@ -300,6 +320,13 @@ def execute_run(spec: RunSpec, match_dir: Path | None = None) -> dict[str, Any]:
             if match_dir is None:
                 raise ValueError("a target-only run needs the run it is matched to")
             target_only_from_run(match_dir, spec.run_dir, run_cfg=spec.cfg)
+        elif spec.is_retrieval:
+            from experiments.retrieval_baseline import retrieval_from_run
+
+            if match_dir is None:
+                raise ValueError("a retrieval run needs the run it is matched to")
+            retrieval_from_run(match_dir, spec.run_dir, run_cfg=spec.cfg,
+                               per_concept=int(spec.cfg.agent_config.get("per_concept", 8)))
         else:
             from experiments.run import Runner
 
@@ -327,8 +354,8 @@ def execute_all(specs: list[RunSpec], workers: int, threads: int, quiet: bool = 
     given an ``executor`` (``submit(fn, *args) -> Future``, ``slots``, ``shutdown()``; e.g.
     :class:`experiments.ray_backend.RayExecutor`), on it, ``executor.slots`` runs in flight.
 
-    A target-only run starts once the run it is matched to has finished; if that run failed, the
-    target-only run is reported failed too. A worker process that dies fails the runs it held.
+    A target-only or retrieval run starts once the run it is matched to has finished; if that run
+    failed, it is reported failed too. A worker process that dies fails the runs it held.
     """
     outcomes: dict[str, dict[str, Any]] = {}
     by_key = {s.key: s for s in specs}
@@ -497,6 +524,22 @@ def target_only_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def retrieval_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The retrieval baseline's figures: k-NN and probe as target-only's, its image budget and its
+    coverage of ground truth (relevant new images, concepts, target classes, share per iteration)."""
+    new = [int(n) for n in summary.get("new_images_per_iteration", [])]
+    relevant = summary.get("new_relevant_images")
+    return {
+        **target_only_metrics(summary),
+        "new_images_total": int(sum(new)),
+        "new_relevant_images": relevant,
+        "relevant_share": relevant / sum(new) if relevant is not None and sum(new) else None,
+        "distinct_relevant_concepts": summary.get("distinct_relevant_concepts"),
+        "target_classes_hit_share": summary.get("target_classes_hit_share"),
+        "retrieved_relevant_share_per_iteration": summary.get("retrieved_relevant_share_per_iteration"),
+    }
+
+
 def mean_std(values: list[Any]) -> dict[str, Any] | None:
     """Mean and sample std (ddof=1; 0 for one seed) over seeds, of scalars or equal-length curves
     (longer curves are cut to the shortest). ``None`` values are skipped."""
@@ -575,7 +618,8 @@ def collect(out: Path, cfg: Any, agents: list[AgentSpec], settings: CompareSetti
     Q = cfg.env.queries_per_iteration
     runs: dict[str, dict[str, Any]] = {}
     results: dict[str, dict[str, Any]] = {}
-    labels = [a.label for a in agents] + ([TARGET_ONLY] if settings.target_only else [])
+    labels = ([a.label for a in agents] + ([TARGET_ONLY] if settings.target_only else [])
+              + ([RETRIEVAL] if settings.retrieval else []))
     for label in labels:
         per_seed: dict[int, dict[str, Any]] = {}
         for s in seeds:
@@ -587,8 +631,8 @@ def collect(out: Path, cfg: Any, agents: list[AgentSpec], settings: CompareSetti
                     summary = json.loads((run_dir / "summary.json").read_text())
                     if summary.get("world_hash") not in (None, reference["world_hash"]):
                         raise ValueError(f"world {summary['world_hash']} differs from the compared world {reference['world_hash']}")
-                    if label == TARGET_ONLY:
-                        m = target_only_metrics(summary)
+                    if label in BASELINE_ROWS:
+                        m = (target_only_metrics if label == TARGET_ONLY else retrieval_metrics)(summary)
                         m["matched_to"] = summary.get("matched_to")
                     else:
                         g, rew, exp_g = _read_queries(run_dir)
@@ -610,6 +654,8 @@ def collect(out: Path, cfg: Any, agents: list[AgentSpec], settings: CompareSetti
         "agent_names": {a.label: a.name for a in agents},
         "seeds": seeds,
         "target_only_matched_to": match_label(agents, settings) if settings.target_only else None,
+        "retrieval_matched_to": match_label(agents, settings) if settings.retrieval else None,
+        "retrieval_per_concept": settings.retrieval_per_concept if settings.retrieval else None,
         "queries_per_iteration": Q,
         "iterations": cfg.env.iterations,
         "query_budget": cfg.env.query_budget,
@@ -617,7 +663,8 @@ def collect(out: Path, cfg: Any, agents: list[AgentSpec], settings: CompareSetti
         "std": "sample standard deviation over seeds (ddof=1)",
         "results": results,
         "paired": paired_comparisons({lab: r["per_seed"] for lab, r in results.items()}, labels,
-                                     {**{a.label: a.name for a in agents}, TARGET_ONLY: TARGET_ONLY},
+                                     {**{a.label: a.name for a in agents}, TARGET_ONLY: TARGET_ONLY,
+                                      RETRIEVAL: RETRIEVAL},
                                      reps=reps, seed=boot_seed),
         "runs": runs,
         "failed_runs": sorted(k for k, v in runs.items() if v["status"] != "ok"),
@@ -672,6 +719,11 @@ def results_table(res: dict[str, Any]) -> str:
         ]
     if res.get("target_only_matched_to"):
         notes.append(f"target_only: SSL on the target train split alone, as many SSL images and steps as {res['target_only_matched_to']}'s run of the same seed.")
+    if res.get("retrieval_matched_to"):
+        share = _pm(res["results"].get(RETRIEVAL, {}).get("relevant_share"))
+        notes.append(f"retrieval: as many new images per iteration as {res['retrieval_matched_to']}'s run of the "
+                     "same seed, the nearest to the target train images in the world's uncaptioned pool "
+                     f"({res['retrieval_per_concept']} per concept), same SSL; share of them with g ≥ 0.5: {share}.")
     if res["failed_runs"]:
         notes.append("Failed runs: " + "; ".join(f"{k}: {res['runs'][k].get('error', '?')}" for k in res["failed_runs"]))
     return "\n".join(lines + notes) + "\n" + paired_markdown(res.get("paired"))
@@ -691,7 +743,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default min(#runs, CPUs)); 0 = in this process")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default CPUs // workers)")
     p.add_argument("--no-target-only", action="store_true", help="leave out the target-only baseline")
-    p.add_argument("--match", default=None, help="agent whose runs the target-only baseline is compute-matched to")
+    p.add_argument("--retrieval", action="store_true",
+                   help="add the retrieval baseline (pixels fidelity only) at the matched agent's image budget")
+    p.add_argument("--retrieval-per-concept", type=int, default=None,
+                   help="pool images per vocabulary concept of the retrieval baseline (default 8)")
+    p.add_argument("--match", default=None, help="agent whose runs the target-only and retrieval baselines match")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="keep finished runs in --out, run the missing or unfinished ones")
     g.add_argument("--overwrite", action="store_true", help="delete earlier results in --out first")
@@ -722,17 +778,28 @@ def main(argv: list[str] | None = None) -> int:
             settings.target_only = False
         if args.match is not None:
             settings.match = args.match
+        if args.retrieval:
+            settings.retrieval = True
+        if args.retrieval_per_concept is not None:
+            settings.retrieval_per_concept = args.retrieval_per_concept
         settings.validate()
         agents = parse_agents(settings.agents)
         if any(a.name == TARGET_ONLY for a in agents):  # listing it explicitly just asks for the baseline
             agents = [a for a in agents if a.name != TARGET_ONLY]
             settings.target_only = True
+        if any(a.name == RETRIEVAL for a in agents):
+            agents = [a for a in agents if a.name != RETRIEVAL]
+            settings.retrieval = True
         if not agents:
             raise ConfigError("no agents to compare")
         check_agents(agents, cfg, settings)
         specs = plan_runs(out, cfg, agents, settings)
-        if settings.target_only:
+        if settings.target_only or settings.retrieval:
             match_label(agents, settings)
+        if settings.retrieval:
+            from experiments.retrieval_baseline import check_retrieval_config
+
+            check_retrieval_config(cfg)  # a latent world fails here, before any run
         if args.workers is not None and args.workers < 0 or args.threads is not None and args.threads < 1:
             raise ConfigError("--workers must be >= 0 and --threads >= 1")
         if args.bootstrap_reps < 1:

@@ -9,7 +9,7 @@ resamples of the seeds' differences with replacement (seeded), the 2.5 and 97.5 
 their means. With fewer than :data:`MIN_SEEDS` paired seeds the interval is omitted and the reason
 given: the bootstrap of one or two values says nothing.
 
-Used by ``ie-compare`` (every agent minus every baseline present, target-only included) and
+Used by ``ie-compare`` (every agent minus every baseline present, target-only and retrieval included) and
 ``ie-benchmark`` (per task, every agent minus every baseline agent).
 """
 
@@ -40,7 +40,7 @@ DEFAULT_REPS = 10_000
 PAIRED_METRICS = ("final_knn_accuracy", "linear_probe_accuracy")
 METRIC_TITLES = {"final_knn_accuracy": "final k-NN", "linear_probe_accuracy": "linear probe"}
 #: Agent names that are baselines, in the order a difference is taken (an earlier one minus a later one).
-BASELINE_NAMES = ("random", "uniform", "target_only")
+BASELINE_NAMES = ("retrieval", "random", "uniform", "target_only")
 
 
 def bootstrap_mean_ci(values: Sequence[float], reps: int = DEFAULT_REPS, size: float = 0.95,

@@ -83,7 +83,7 @@ def plot_comparison(res: dict[str, Any], out_dir: str | Path) -> list[Path]:
         any_knn = False
         for lab in labels:
             any_knn |= band(ax, np.arange(0, res["iterations"] + 1), results[lab].get("knn_accuracy"), lab, colors[lab],
-                            "--" if lab == "target_only" else "-")
+                            "--" if lab in ("target_only", "retrieval") else "-")
         if any_knn:
             ax.set(xlabel="iteration (0 = before exploring)", ylabel="k-NN accuracy (k=20)", title=title)
             ax.legend(fontsize=8)

@@ -8,7 +8,8 @@ pool image is embedded with the *current* encoder and the ``k`` nearest pool ima
 train image are taken (sample-based retrieval, DINOv2), ``k`` growing until the budget is met, the
 closest first, never an image taken before. The learner then trains exactly as the environment's
 iteration close does (the new images plus ``pcr`` x as many from the target train set and replay; the
-best ``replay_fraction`` of the new images by reward join the replay buffer), and k-NN is evaluated.
+best ``replay_fraction`` of the new images by reward join the replay buffer), and k-NN is evaluated;
+at the end, the linear probe, as ``ie-explore`` and the target-only baseline report it.
 The pool is the embedded world's pool view (:mod:`ie_env.curation.world_pool`): ``per_concept``
 images of every vocabulary concept, without captions; their concepts are used only to score the
 selection against ground-truth relevance g (coverage figures as ``ie-explore`` reports them).
@@ -30,7 +31,24 @@ import yaml
 
 from ie_env.config import ConfigError, atomic_write_text, to_dict
 
-__all__ = ["main", "new_images_per_iteration", "retrieval_from_run", "run_retrieval"]
+__all__ = ["check_retrieval_config", "main", "new_images_per_iteration", "retrieval_from_run", "run_retrieval"]
+
+
+def check_retrieval_config(run_cfg: Any) -> None:
+    """Refuse a run config the retrieval baseline cannot serve: it embeds the embedded world's pool
+    images, so it needs ``world.fidelity: pixels`` and the embedded world (engine and target)."""
+    from experiments.run import has_ground_truth
+
+    if run_cfg.env.world.fidelity != "pixels":
+        raise ConfigError(
+            "the retrieval baseline embeds images: it needs env.world.fidelity: pixels "
+            f"(got {run_cfg.env.world.fidelity!r}); leave retrieval out for a latent comparison"
+        )
+    if not has_ground_truth(run_cfg.env):
+        raise ConfigError(
+            "the retrieval baseline retrieves from the embedded world's pool: it needs env.engine.name: embedded "
+            f"and env.target.kind: embedded (got {run_cfg.env.engine.name!r}, {run_cfg.env.target.kind!r})"
+        )
 
 
 def new_images_per_iteration(run_dir: str | Path) -> list[int]:
@@ -78,12 +96,12 @@ def run_retrieval(
 
     Writes ``config.yaml``, ``summary.json`` and TensorBoard scalars under ``logdir`` when given.
     """
+    from experiments.target_only import final_probe
     from ie_env.curation.world_pool import NS_POOL
     from ie_env.env import InternetExplorerEnv
 
     t0 = time.time()
-    if run_cfg.env.world.fidelity != "pixels":
-        raise ConfigError("the retrieval baseline embeds images: it needs world.fidelity: pixels")
+    check_retrieval_config(run_cfg)
     if any(int(n) < 0 for n in new_per_iteration) or per_concept < 1:
         raise ValueError("new image counts must be >= 0 and per_concept >= 1")
     env = InternetExplorerEnv(run_cfg.env)
@@ -108,6 +126,7 @@ def run_retrieval(
         "new_relevant_images": [],
         "relevant_share": [],
         "mean_true_relevance": [],
+        "ssl_images": [],
         "ssl_steps": [],
         "ssl_loss": [],
     }
@@ -125,9 +144,11 @@ def run_retrieval(
             upd = env.learner.update(env._training_batch(fresh, len(rows)))
             env.replay.add_top(fresh, rewards, run_cfg.env.replay_fraction)
             env._refresh_targets()
+            per_it["ssl_images"].append(len(rows) + int(round(run_cfg.env.pcr * len(rows))))
             per_it["ssl_steps"].append(float(upd.get("steps", 0.0)))
             per_it["ssl_loss"].append(float(upd.get("loss", 0.0)))
         else:
+            per_it["ssl_images"].append(0)
             per_it["ssl_steps"].append(0.0)
             per_it["ssl_loss"].append(None)
         rel = g[concepts[rows]]
@@ -158,6 +179,7 @@ def run_retrieval(
         "new_relevant_images": int(sum(per_it["new_relevant_images"])),
         "distinct_relevant_concepts": len(relevant_concepts),
         "target_classes_hit_share": len(classes_hit) / len(world.target_ids),
+        "ssl_images_per_iteration": per_it["ssl_images"],
         "ssl_steps_per_iteration": per_it["ssl_steps"],
         "ssl_loss_per_iteration": per_it["ssl_loss"],
         "world_hash": world.fingerprint(),
@@ -165,7 +187,11 @@ def run_retrieval(
     }
     for k in (10, 200):
         summary[f"knn_accuracy_k{k}"] = [h[k] for h in knn if k in h]
+    summary.update(final_probe(env, run_cfg.seed))
+    env.close()
     if writer is not None:
+        if summary["linear_probe_accuracy"] is not None:
+            writer.add_scalar("eval/linear_probe_accuracy", summary["linear_probe_accuracy"], len(new_per_iteration))
         writer.close()
         atomic_write_text(Path(logdir) / "summary.json", json.dumps(summary, indent=2))
     return summary
