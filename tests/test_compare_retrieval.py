@@ -23,8 +23,14 @@ def _one_blas_thread():
 
 def _cfg_file(tmp_path: Path, env: dict) -> Path:
     path = tmp_path / "cmp.yaml"
-    section = {"agents": ["oracle"], "seeds": 1, "target_only": False, "retrieval": True,
-               "retrieval_per_concept": 1, "agent_configs": {"oracle": {"top_k": 4}}}
+    section = {
+        "agents": ["oracle"],
+        "seeds": 1,
+        "target_only": False,
+        "retrieval": True,
+        "retrieval_per_concept": 1,
+        "agent_configs": {"oracle": {"top_k": 4}},
+    }
     path.write_text(yaml.safe_dump({"compare": section, "threads": 1, "env": env}))
     return path
 
@@ -61,8 +67,9 @@ def test_retrieval_row_matches_the_agents_new_images_and_is_paired(tmp_path):
     assert (pair["agent"], pair["baseline"]) == ("oracle", "retrieval")
     diff = pair["final_knn_accuracy"]
     assert diff["n"] == 1
-    assert diff["mean"] == pytest.approx(res["results"]["oracle"]["per_seed"]["0"]["final_knn_accuracy"]
-                                         - seed0["final_knn_accuracy"])
+    assert diff["mean"] == pytest.approx(
+        res["results"]["oracle"]["per_seed"]["0"]["final_knn_accuracy"] - seed0["final_knn_accuracy"]
+    )
     table = (out / "results.md").read_text()
     assert "| retrieval | 1/1 |" in table and "| oracle − retrieval |" in table
     # --resume keeps the finished retrieval run and collects it again.
@@ -77,6 +84,19 @@ def test_retrieval_row_refuses_a_latent_world_before_anything_runs(tmp_path, cap
     cfg = _cfg_file(tmp_path, latent_config(iterations=2))
     assert main(["--config", str(cfg), "--out", str(out), "--workers", "0", "--quiet"]) == 2
     assert "pixels" in capsys.readouterr().err and not out.exists()
-    assert main(["--config", str(cfg), "--out", str(out), "--set", "env.world.fidelity=pixels",
-                 "--retrieval-per-concept", "0"]) == 2
+    assert (
+        main(
+            [
+                "--config",
+                str(cfg),
+                "--out",
+                str(out),
+                "--set",
+                "env.world.fidelity=pixels",
+                "--retrieval-per-concept",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "retrieval_per_concept" in capsys.readouterr().err and not out.exists()
