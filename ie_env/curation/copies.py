@@ -9,8 +9,9 @@ without a learned model. Two images are copies when the best window-to-image cos
 ``threshold``. dHash (Hamming distance) catches exact re-encodes as a second, independent test, and
 any encoder embedding can be used instead via :func:`embedding_pairs`.
 dHash alone is not enough on smooth images (backgrounds dominated by a gradient share most bits): a
-dHash pair is kept only when the whole-image descriptors also agree (``dhash_confirm``), which adds
-the copies just under the descriptor threshold without the gradient look-alikes.
+dHash pair is kept only when the whole-image descriptors also agree (``dhash_confirm``). It is off by
+default: on the embedded world's planted set it added no recall and cost precision (0.97 -> 0.86);
+set ``dhash_distance`` (e.g. 4) for pools of photographs, where gradients are rarer.
 
 Pairs become groups by union-find; each group keeps one image (the first in pool order).
 """
@@ -35,7 +36,7 @@ class CopyConfig:
     scales: tuple[float, ...] = (0.9, 0.8)  # window sides as a share of the image side
     grid: int = 4  # window positions per axis at each scale
     threshold: float = 0.95  # cosine of two copies
-    dhash_distance: int = 4  # Hamming distance of two copies' dHashes (<= this); -1 disables dHash
+    dhash_distance: int = -1  # Hamming distance of two copies' dHashes (<= this); -1: dHash off (see below)
     dhash_confirm: float = 0.9  # a dHash pair counts only if the whole-image descriptors' cosine reaches this
     neighbours: int = 8  # candidates per window searched
 
