@@ -644,7 +644,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--trust-pickle", action="store_true",
                    help="load checkpoints that hold pickled objects or lack a .sha256 digest (e.g. from older "
-                        "versions); unpickling can run code: only for files you wrote yourself")
+                        "versions), and sb3:PATH models SB3 must unpickle; unpickling can run code: only for files "
+                        "you wrote yourself")
     return p.parse_args(argv)
 
 

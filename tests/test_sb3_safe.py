@@ -142,6 +142,24 @@ def test_ie_explore_refuses_an_untrusted_model_and_loads_it_with_trust_pickle(pl
     assert marker.exists() and (logdir / "summary.json").exists()
 
 
+def test_ie_compare_refuses_an_untrusted_model_and_builds_it_with_trust_pickle(plain_ppo, tmp_path, capsys,
+                                                                               monkeypatch):
+    from experiments import compare
+
+    marker = tmp_path / "pwned"
+    bad = _planted(plain_ppo, tmp_path / "bad.zip", marker, "my_extra")
+    args = ["--agents", f"m=sb3:{bad}", "--out", str(tmp_path / "c"), "--quiet"]
+    assert compare.main(args) == 2
+    assert "'my_extra'" in capsys.readouterr().err and not marker.exists()
+
+    def stop(*_a, **_k):  # the agents were built and checked: stop before any run
+        raise compare.ConfigError("stopped after the agent check")
+
+    monkeypatch.setattr(compare, "plan_runs", stop)
+    assert compare.main([*args, "--trust-pickle"]) == 2
+    assert "stopped after the agent check" in capsys.readouterr().err and marker.exists()
+
+
 def test_a_pickled_weights_entry_is_refused(plain_ppo, tmp_path):
     import io
 
