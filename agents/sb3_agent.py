@@ -339,29 +339,54 @@ def infer_algorithm(path: str | os.PathLike) -> type:
 
 def _policy_bases(data: dict[str, Any], path: Path) -> list[str]:
     """Modules of the saved policy class and its bases (a subclass of, say, a MaskablePPO policy),
-    from the model file the user gave (deserialised by SB3's own reader)."""
-    from stable_baselines3.common.save_util import json_to_data
+    resolved from the entry's plain text (nothing unpickled; None for a class outside SB3)."""
+    from agents.sb3_safe import resolve_policy_class
 
-    try:
-        cls = json_to_data(json.dumps({"policy_class": data.get("policy_class")}))["policy_class"]
-    except (ImportError, AttributeError, TypeError, ValueError, EOFError):  # a class that no longer imports
-        return []
+    entry = data.get("policy_class")
+    cls = resolve_policy_class(entry) if isinstance(entry, dict) else None
     return [f"{c.__module__}.{c.__name__}" for c in getattr(cls, "__mro__", ())]
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[Any, dict[str, Any] | None]:
+def load_model(path: str | os.PathLike, device: str = "cpu",
+               trust_pickle: bool = False) -> tuple[Any, dict[str, Any] | None]:
     """``(model, settings)`` of an ``ie-train`` model, or of any SB3 / sb3-contrib model file
-    (settings None; the algorithm read from the file by :func:`infer_algorithm`)."""
+    (settings None; the algorithm read from the file by :func:`infer_algorithm`).
+
+    Nothing in the file is unpickled: every entry of its ``data`` that SB3 would cloudpickle back is
+    replaced from its plain text (:func:`agents.sb3_safe.safe_custom_objects`) and the weights are
+    read as plain tensors. An entry that cannot be replaced raises
+    :class:`~ie_env.plain_state.UnsafeFileError` naming it, unless ``trust_pickle`` (the user wrote
+    the file): then SB3's own ``load`` reads it as it is."""
+    from agents.sb3_safe import check_weights, read_data, safe_custom_objects
+    from ie_env.plain_state import UnsafeFileError
+
     meta = read_model_meta(path, required=False)
     if meta is not None and meta.get("algo") in ALGO_MODES:
         cls = algo_classes()[meta["algo"]]
     else:
         cls = infer_algorithm(path)
-    custom = None
+    known = {}
     if meta is not None and meta.get("action_mode") == "slate" and meta.get("policy") in _POLICY_NAMES:
-        custom = {"policy_class": __getattr__(meta["policy"])}
+        known = {meta["policy"]: __getattr__(meta["policy"])}
+    custom: dict[str, Any] = {"policy_class": next(iter(known.values()))} if known else {}
+    if not trust_pickle:
+        candidates = []
+        if meta is not None and isinstance(meta.get("env"), dict):
+            try:
+                from ie_env.env import env_spaces
+
+                candidates.append(env_spaces(meta["env"]))
+            except Exception:  # settings this version cannot build: the spaces' own text must do
+                pass
+        custom, unsafe = safe_custom_objects(read_data(path), candidates, known)
+        if unsafe:
+            raise UnsafeFileError(
+                f"{path}: entries {', '.join(repr(k) for k in unsafe)} of its 'data' are pickled Python objects "
+                "that could run code when loaded, and cannot be rebuilt from plain text; refused. "
+                "Pass --trust-pickle only if you wrote this model yourself")
+        check_weights(path)
     try:
-        model = cls.load(str(path), device=device, custom_objects=custom)
+        model = cls.load(str(path), device=device, custom_objects=custom or None)
     except Exception as exc:
         raise ValueError(f"cannot load {path} as a {cls.__name__} model: {type(exc).__name__}: {exc}") from exc
     return model, meta
@@ -389,12 +414,12 @@ class SB3Agent(Agent):
     name = "sb3"
     acts_on = "env"
 
-    def __init__(self, path: str, deterministic: bool = True, device: str = "cpu") -> None:
+    def __init__(self, path: str, deterministic: bool = True, device: str = "cpu", trust_pickle: bool = False) -> None:
         self.path = str(path)
         self.deterministic = bool(deterministic)
         self.device = device
         self.meta = read_model_meta(self.path, required=False)  # fails early on a wrong file
-        self._model, _ = load_model(self.path, self.device)
+        self._model, _ = load_model(self.path, self.device, trust_pickle=bool(trust_pickle))
         self._recurrent = "Recurrent" in type(self._model).__name__
         self._masked = "Maskable" in type(self._model).__name__
         self._last: int | None = None

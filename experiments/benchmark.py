@@ -258,6 +258,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="keep finished runs in --out, run the others")
     g.add_argument("--overwrite", action="store_true", help="delete earlier results in --out first")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="let sb3:PATH models hold pickled objects SB3 unpickles (can run code): only models you wrote")
     p.add_argument("--quiet", action="store_true")
     from experiments.ray_backend import add_ray_arguments
 
@@ -282,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--agent-config names {unknown}, not among the agents {[a.label for a in agents]}")
         if args.seeds < 1 or args.first_seed < 0:
             raise ConfigError("--seeds must be >= 1 and --first-seed >= 0")
+        if args.trust_pickle:  # model files the user wrote: SB3 may unpickle their data
+            for a in agents:
+                if a.name.startswith("sb3:"):
+                    user_cfg.setdefault(a.label, {})["trust_pickle"] = True
         acts_on = check_agents(agents, tasks, user_cfg)
         if (out / "runs").exists() and not (args.resume or args.overwrite):
             raise FileExistsError(f"{out} holds an earlier benchmark; pass --resume or --overwrite")

@@ -754,6 +754,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bootstrap-reps", type=int, default=DEFAULT_REPS,
                    help="resamples of the paired differences' interval")
     p.add_argument("--bootstrap-seed", type=int, default=0)
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="let sb3:PATH models hold pickled objects SB3 unpickles (can run code): only models you wrote")
     p.add_argument("--quiet", action="store_true")
     from experiments.ray_backend import add_ray_arguments
 
@@ -792,6 +794,11 @@ def main(argv: list[str] | None = None) -> int:
             settings.retrieval = True
         if not agents:
             raise ConfigError("no agents to compare")
+        if args.trust_pickle:  # model files the user wrote: SB3 may unpickle their data
+            for a in agents:
+                if a.name.startswith("sb3:"):
+                    own = settings.agent_configs.get(a.label, settings.agent_configs.get(a.name, {}))
+                    settings.agent_configs[a.label] = {**own, "trust_pickle": True}
         check_agents(agents, cfg, settings)
         specs = plan_runs(out, cfg, agents, settings)
         if settings.target_only or settings.retrieval:

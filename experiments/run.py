@@ -195,7 +195,10 @@ class Runner:
         self.lock: RunLock | None = None
         check_engine(cfg.env.engine)  # a missing API key or snapshot fails here, before the run dir is written
         # An unknown agent or unreadable model fails here too, before the run dir is written.
-        self.agent = agent if agent is not None else make_agent(cfg.agent, **agent_kwargs(cfg, cfg.agent))
+        kwargs = agent_kwargs(cfg, cfg.agent)
+        if trust_pickle and cfg.agent.startswith("sb3:"):  # a model file the user wrote: SB3 may unpickle it
+            kwargs["trust_pickle"] = True
+        self.agent = agent if agent is not None else make_agent(cfg.agent, **kwargs)
         self.cfg = cfg = fit_env_to_agent(cfg, self.agent)
         _note_model_fidelity(self.agent, cfg)
         self.resolved = _comparable(to_dict(cfg))
@@ -641,7 +644,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--trust-pickle", action="store_true",
                    help="load checkpoints that hold pickled objects or lack a .sha256 digest (e.g. from older "
-                        "versions); unpickling can run code: only for files you wrote yourself")
+                        "versions), and sb3:PATH models SB3 must unpickle; unpickling can run code: only for files "
+                        "you wrote yourself")
     return p.parse_args(argv)
 
 
