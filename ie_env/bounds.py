@@ -83,6 +83,7 @@ BOUNDS: dict[str, dict[str, Bound]] = {
     },
     "CompareSettings": {
         "seeds": Bound(1, 10_000),
+        "retrieval_per_concept": Bound(1, 1000, "pool renders per concept of the retrieval row"),
     },
     "EnvConfig": {
         "images_per_query": Bound(1, 10_000, "paper 100"),
