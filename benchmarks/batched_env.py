@@ -33,22 +33,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ie_env  # noqa: F401  (registers the ids)
+from benchmarks.env_steps import NoopEnv  # the same no-op peer as env_steps.py
 from ie_env.batched import BatchedLatentVectorEnv
 from ie_env.suite import task_config
-
-
-class NoopEnv(gym.Env):
-    """The cheapest possible Gymnasium env: fixed observation, zero reward."""
-
-    observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
-    action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        return np.zeros(4, np.float32), {}
-
-    def step(self, action):
-        return np.zeros(4, np.float32), 0.0, False, False, {}
 
 
 def _timed(fn, steps_per_call: int, calls: int) -> dict[str, float]:
