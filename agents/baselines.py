@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from agents.base import Agent, AgentContext
-from agents.gp_prior import GPPriorConfig
-from agents.gp_sampler import GPBatchAgent, _mask_from, build_config
+from ie_agents.base import Agent, AgentContext
+from ie_agents.gp_prior import GPPriorConfig
+from ie_agents.gp_sampler import GPBatchAgent, _mask_from, build_config
 
 __all__ = [
     "RandomAgent",

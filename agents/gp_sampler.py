@@ -2,7 +2,7 @@
 
 Per SSL iteration the agent draws a batch of ``M = ctx.queries_per_iteration`` concepts, with
 replacement, from ``p``; ``act`` serves them one by one. The first iteration is uniform. After each
-iteration a GP (:mod:`agents.gp_prior`) is fit on every ``(concept, query reward)`` seen so far and
+iteration a GP (:mod:`ie_agents.gp_prior`) is fit on every ``(concept, query reward)`` seen so far and
 
 * ``r(c) = mu(c) + sigma(c)`` for a concept never queried, ``mu(c)`` for a queried one;
 * ``q(c) ∝ exp(r(c) / tau)``, ``tau = (max r - min r) / SMR`` (so max q / min q = e^SMR);
@@ -21,8 +21,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from agents.base import Agent, AgentContext, uniform_over
-from agents.gp_prior import GPPrior, GPPriorConfig
+from ie_agents.base import Agent, AgentContext, uniform_over
+from ie_agents.gp_prior import GPPrior, GPPriorConfig
 from ie_env.config import from_dict
 
 __all__ = [

@@ -6,7 +6,7 @@ Where a name is looked up, in order:
   model file) goes to the handler registered with ``register_prefix(prefix, handler)``, where
   ``handler(rest, **config) -> Agent``;
 * ``"package.module:Name"`` imports ``package.module`` (the user's own code, on ``sys.path``) and
-  calls ``Name(**config)``: an :class:`~agents.base.Agent` subclass or a factory returning one;
+  calls ``Name(**config)``: an :class:`~ie_agents.base.Agent` subclass or a factory returning one;
 * plain names: the built-in classes in ``AGENTS``, then the entry points of the group
   :data:`ENTRY_POINT_GROUP` that installed packages declare, e.g. in their ``pyproject.toml``::
 
@@ -22,15 +22,15 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from agents.base import Agent
-from agents.baselines import (
+from ie_agents.base import Agent
+from ie_agents.baselines import (
     GPUCBAgent,
     GreedyGPMeanAgent,
     OracleAgent,
     RandomAgent,
     UniformNoReplacementAgent,
 )
-from agents.gp_sampler import GPSamplerAgent
+from ie_agents.gp_sampler import GPSamplerAgent
 
 __all__ = ["AGENTS", "ENTRY_POINT_GROUP", "PREFIX_HANDLERS", "agent_names", "entry_point_agents", "load_object",
            "make_agent", "register_prefix"]
@@ -95,7 +95,7 @@ def _build(obj: Any, source: str, config: dict[str, Any]) -> Agent:
     agent = obj(**config)
     if not all(callable(getattr(agent, m, None)) for m in ("setup", "act")):
         raise ValueError(f"agent {source!r} built a {type(agent).__name__}, which lacks setup() and act() "
-                         "(subclass agents.base.Agent)")
+                         "(subclass ie_agents.base.Agent)")
     return agent
 
 
@@ -133,7 +133,7 @@ def make_agent(name: str, **config: Any) -> Agent:
 
 def _sb3(rest: str, **cfg):
     """``sb3:PATH``: a trained Stable-Baselines3 model run through the agent interface."""
-    from agents.sb3_agent import SB3Agent
+    from ie_agents.sb3_agent import SB3Agent
 
     return SB3Agent(rest, **cfg)
 
@@ -144,7 +144,7 @@ PREFIX_HANDLERS.setdefault("sb3", _sb3)
 def _slate_random(rest: str, **cfg):
     """``slate_random:PATH``: a uniformly random slot of the slate that the model at PATH is shown
     (the proposal's own value, DESIGN §7)."""
-    from agents.sb3_agent import SlateRandomAgent, read_model_meta
+    from ie_agents.sb3_agent import SlateRandomAgent, read_model_meta
 
     return SlateRandomAgent(read_model_meta(rest), **cfg)
 
@@ -154,7 +154,7 @@ PREFIX_HANDLERS.setdefault("slate_random", _slate_random)
 
 def _torch_policy(rest: str, **cfg):
     """``torch:PATH``: a slate policy saved by ``experiments/ppo_batched.py`` (state_dict + JSON)."""
-    from agents.torch_policy import TorchPolicyAgent
+    from ie_agents.torch_policy import TorchPolicyAgent
 
     return TorchPolicyAgent(rest, **cfg)
 

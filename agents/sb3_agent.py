@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.base import Agent, AgentContext, uniform_over
+from ie_agents.base import Agent, AgentContext, uniform_over
 from ie_env.extras import require
 
 __all__ = [
@@ -340,7 +340,7 @@ def infer_algorithm(path: str | os.PathLike) -> type:
 def _policy_bases(data: dict[str, Any], path: Path) -> list[str]:
     """Modules of the saved policy class and its bases (a subclass of, say, a MaskablePPO policy),
     resolved from the entry's plain text (nothing unpickled; None for a class outside SB3)."""
-    from agents.sb3_safe import resolve_policy_class
+    from ie_agents.sb3_safe import resolve_policy_class
 
     entry = data.get("policy_class")
     cls = resolve_policy_class(entry) if isinstance(entry, dict) else None
@@ -353,11 +353,11 @@ def load_model(path: str | os.PathLike, device: str = "cpu",
     (settings None; the algorithm read from the file by :func:`infer_algorithm`).
 
     Nothing in the file is unpickled: every entry of its ``data`` that SB3 would cloudpickle back is
-    replaced from its plain text (:func:`agents.sb3_safe.safe_custom_objects`) and the weights are
+    replaced from its plain text (:func:`ie_agents.sb3_safe.safe_custom_objects`) and the weights are
     read as plain tensors. An entry that cannot be replaced raises
     :class:`~ie_env.plain_state.UnsafeFileError` naming it, unless ``trust_pickle`` (the user wrote
     the file): then SB3's own ``load`` reads it as it is."""
-    from agents.sb3_safe import check_weights, read_data, safe_custom_objects
+    from ie_agents.sb3_safe import check_weights, read_data, safe_custom_objects
     from ie_env.plain_state import UnsafeFileError
 
     meta = read_model_meta(path, required=False)
@@ -517,8 +517,8 @@ def _handler(rest: str, **config: Any) -> Agent:
     return SB3Agent(rest, **config)
 
 
-try:  # make "sb3:PATH" known to agents.registry.make_agent
-    from agents.registry import register_prefix
+try:  # make "sb3:PATH" known to ie_agents.registry.make_agent
+    from ie_agents.registry import register_prefix
 
     register_prefix("sb3", _handler)
 except ImportError:  # pragma: no cover - registry not present

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.base import Agent, AgentContext, uniform_over
+from ie_agents.base import Agent, AgentContext, uniform_over
 from ie_env.actions import ActionConfig, EpisodeHistory, make_action_mode
 from ie_env.config import from_dict
 

@@ -44,9 +44,12 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ie_env.checkout import use_checkout_names  # noqa: E402
 
-from agents.gp_prior import GPPrior, GPPriorConfig  # noqa: E402
-from agents.gp_sampler import tiered_distribution  # noqa: E402
+use_checkout_names()
+
+from ie_agents.gp_prior import GPPrior, GPPriorConfig  # noqa: E402
+from ie_agents.gp_sampler import tiered_distribution  # noqa: E402
 
 
 def synthetic_embeddings(n: int, d: int = 384, seed: int = 0) -> np.ndarray:

@@ -1,5 +1,5 @@
 """The k-NN ordering at the larger SSL budget on one GPU, self-contained: gp, random and target-only,
-5 seeds, with paired differences (experiments.paired), in about 8 minutes.
+5 seeds, with paired differences (ie_experiments.paired), in about 8 minutes.
 
     python3 benchmarks/gpu_knn_ordering.py --out "$OUT"              # on the GPU machine, from the repo root
     python3 benchmarks/gpu_knn_ordering.py --out /tmp/x --dry-run    # print the plan and check the setup
@@ -180,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))
         os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-        from experiments import compare  # noqa: F401  (the project imports)
+        from ie_env.checkout import use_checkout_names
+
+        use_checkout_names(ROOT)  # ie_agents, ie_experiments from this checkout when not installed
+        from ie_experiments import compare  # noqa: F401  (the project imports)
 
         dev = device_record()
     except Exception as exc:  # noqa: BLE001  (any setup failure: exit 3 with its message)
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"plan: ie-compare {' '.join(cmd)}  ({runs} runs)")
     if args.dry_run:
         return 0
-    from experiments.compare import main as compare_main
+    from ie_experiments.compare import main as compare_main
 
     code = compare_main(cmd)
     wall = time.time() - t0

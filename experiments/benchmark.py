@@ -11,7 +11,7 @@ oracle 1), ``expected_gap_closed`` (the same from ``p . g``, p what the agent dr
 None for agents that state no p), the coverage figures (DESIGN §7) and, where the fidelity trains
 (pixels), k-NN accuracy.
 Per task and over the suite: IQM and mean with stratified-bootstrap 95% intervals
-(:mod:`experiments.stats`). ``--transfer`` also runs each pixels task's latent twin (same world
+(:mod:`ie_experiments.stats`). ``--transfer`` also runs each pixels task's latent twin (same world
 seed and targets) and reports the Kendall tau of the agents' scores between the fidelities and the
 correlation of per-query rewards (each pixels run's queries replayed through the latent twin).
 
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments.compare import AgentSpec, RunSpec, cpu_count, execute_all, is_finished, parse_agents, run_metrics
 from ie_env.config import ConfigError, atomic_write_text, parse_overrides
+from ie_experiments.compare import AgentSpec, RunSpec, cpu_count, execute_all, is_finished, parse_agents, run_metrics
 
 __all__ = ["main", "plan", "collect", "check_agents", "policy_space_problem", "policy_env_config", "episode_metrics",
            "TWIN"]
@@ -64,7 +64,7 @@ def policy_space_problem(agent: Any, task_id: str, label: str = "") -> str | Non
     from ie_env.env import env_spaces
 
     if isinstance(agent, (str, Path)):  # a model file
-        from agents.sb3_agent import SB3Agent
+        from ie_agents.sb3_agent import SB3Agent
 
         agent = SB3Agent(str(agent))
     want = agent.spaces()
@@ -82,7 +82,7 @@ def check_agents(agents: list[AgentSpec], tasks: list[str], agent_cfg: dict[str,
     """Build every agent once (unknown names fail with the registered ones listed) and refuse
     policies whose observation or action space differs from a task's. Returns each label's
     ``acts_on`` (``"concept"`` or ``"env"``)."""
-    from agents.registry import make_agent
+    from ie_agents.registry import make_agent
 
     kinds = {}
     for a in agents:
@@ -97,7 +97,7 @@ def check_agents(agents: list[AgentSpec], tasks: list[str], agent_cfg: dict[str,
                 if problem:
                     raise ConfigError(f"refusing agent {a.label!r}: {problem}")
         if a.name.startswith("torch:"):
-            from agents.torch_policy import policy_space_problem as torch_space_problem
+            from ie_agents.torch_policy import policy_space_problem as torch_space_problem
 
             for t in tasks:
                 problem = torch_space_problem(a.name[6:], t)
@@ -121,8 +121,8 @@ def plan(out: Path, tasks: list[str], agents: list[AgentSpec], seeds: list[int],
     """One run per (task, agent, seed). Agents that pick concepts run in the task's held-out env in
     ``vocab`` mode; agents that act on the env itself (``acts_on[label] == "env"``) in the task's
     own action mode (:func:`policy_env_config`)."""
-    from experiments.run import RunConfig
     from ie_env.suite import eval_config, get_task
+    from ie_experiments.run import RunConfig
 
     acts_on = acts_on or {}
     specs = []
@@ -142,7 +142,7 @@ def plan(out: Path, tasks: list[str], agents: list[AgentSpec], seeds: list[int],
 
 def episode_metrics(run_dir: Path, queries_per_iteration: int) -> dict[str, Any]:
     """The per-episode figures of one finished run."""
-    from experiments.target_only import _read_jsonl
+    from ie_experiments.target_only import _read_jsonl
 
     summary = json.loads((run_dir / "summary.json").read_text())
     records = _read_jsonl(run_dir / "queries.jsonl")
@@ -170,8 +170,8 @@ def _stat(values: list[float | None]) -> dict[str, float] | None:
 def collect(out: Path, tasks: list[str], agents: list[AgentSpec], seeds: list[int], transfer: bool,
             outcomes: dict[str, dict[str, Any]], reps: int, boot_seed: int) -> dict[str, Any]:
     """Read every run and build ``results.json``'s content."""
-    from experiments.stats import interval_estimates
     from ie_env.suite import eval_config, get_task, world_hash
+    from ie_experiments.stats import interval_estimates
 
     labels = [t for t in tasks] + [t + TWIN for t in tasks if transfer and get_task(t).fidelity == "pixels"]
     runs: dict[str, Any] = {}
@@ -233,7 +233,7 @@ def _intervals_note(per_task: dict[str, Any], suite_agg: dict[str, Any], reps: i
     ests = [(e.get("gap_closed") or {}).get("iqm") for t in per_task.values() for e in t.values()]
     ests += [(s.get("gap_closed") or {}).get("iqm") for s in suite_agg.values()]
     backends = sorted({e["backend"] for e in ests if e and e.get("backend")})
-    names = {"rliable": "rliable's get_interval_estimates", "numpy": "experiments.stats (rliable not installed)"}
+    names = {"rliable": "rliable's get_interval_estimates", "numpy": "ie_experiments.stats (rliable not installed)"}
     used = " and ".join(names[b] for b in backends) or "none (too few episodes)"
     return f"stratified bootstrap (runs resampled within each task), {reps} replicates, percentile 95%, by {used}"
 
@@ -261,7 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trust-pickle", action="store_true",
                    help="let sb3:PATH models hold pickled objects SB3 unpickles (can run code): only models you wrote")
     p.add_argument("--quiet", action="store_true")
-    from experiments.ray_backend import add_ray_arguments
+    from ie_experiments.ray_backend import add_ray_arguments
 
     add_ray_arguments(p)
     return p.parse_args(argv)
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         acts_on = check_agents(agents, tasks, user_cfg)
         if (out / "runs").exists() and not (args.resume or args.overwrite):
             raise FileExistsError(f"{out} holds an earlier benchmark; pass --resume or --overwrite")
-        from experiments.ray_backend import executor_from_args
+        from ie_experiments.ray_backend import executor_from_args
 
         executor = executor_from_args(args)  # last check: a bad --ray address leaves nothing started
     except (ConfigError, FileExistsError, ValueError) as exc:
@@ -310,20 +310,20 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = execute_all(todo, workers, threads, quiet=args.quiet, executor=executor)
     res = collect(out, tasks, agents, seeds, args.transfer, outcomes, args.bootstrap_reps, args.bootstrap_seed)
     res["seconds"] = time.time() - t0
-    from experiments.paired import benchmark_paired, benchmark_paired_markdown
+    from ie_experiments.paired import benchmark_paired, benchmark_paired_markdown
 
     res["paired"] = benchmark_paired(res, args.bootstrap_reps, args.bootstrap_seed)
     res["command"] = "ie-benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.transfer:
-        from experiments.transfer import transfer_report
+        from ie_experiments.transfer import transfer_report
 
         res["transfer"] = transfer_report(out, res)
     atomic_write_text(out / "results.json", json.dumps(res, indent=1, default=float))
-    from experiments.benchmark_report import leaderboard, plot_benchmark
+    from ie_experiments.benchmark_report import leaderboard, plot_benchmark
 
     table = leaderboard(res) + benchmark_paired_markdown(res["paired"])
     atomic_write_text(out / "leaderboard.md", table)
-    from experiments.benchmark_report import interval_notes
+    from ie_experiments.benchmark_report import interval_notes
 
     for note in interval_notes(res):
         print(f"ie-benchmark: warning: {note}", file=sys.stderr)

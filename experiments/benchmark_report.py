@@ -14,7 +14,7 @@ from ie_env.extras import require
 __all__ = ["leaderboard", "plot_benchmark", "fmt_interval", "interval_notes", "FEW"]
 
 
-FEW = "†"  # marks an interval over fewer than experiments.stats.STABLE_EPISODES episodes per task
+FEW = "†"  # marks an interval over fewer than ie_experiments.stats.STABLE_EPISODES episodes per task
 
 
 def fmt_interval(est: dict[str, Any] | None, digits: int = 3) -> str:

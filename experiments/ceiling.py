@@ -15,7 +15,7 @@ iteration, tempered softmax with SMR, rank tiers, batches drawn with replacement
 A model-based sampler can approach ``reward_known`` but not exceed it in expectation; the gap between
 ``reward_known`` and ``g_known`` is what the reward's disagreement with g costs.
 
-    python -m experiments.ceiling --config experiments/configs/compare_latent.yaml --seeds 10
+    python -m ie_experiments.ceiling --config experiments/configs/compare_latent.yaml --seeds 10
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agents.gp_sampler import GPSamplerConfig, build_config, tiered_distribution
-from experiments.compare import gap_closed, load_compare_config, mean_std
-from experiments.run import agent_kwargs
+from ie_agents.gp_sampler import GPSamplerConfig, build_config, tiered_distribution
 from ie_env.config import ConfigError
 from ie_env.env import InternetExplorerEnv
+from ie_experiments.compare import gap_closed, load_compare_config, mean_std
+from ie_experiments.run import agent_kwargs
 
 __all__ = ["expected_gap_g_known", "reward_known_run", "main"]
 
@@ -82,7 +82,7 @@ def parse_tiers(items: list[str]) -> list[tuple[int, ...]]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="python -m experiments.ceiling", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m ie_experiments.ceiling", description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None, help="an ie-explore / ie-compare config (default: the shipped default.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seeds", type=int, default=10)

@@ -8,10 +8,10 @@ target-only baseline (SSL on the target train set alone, compute-matched to one 
 run of the same seed, DESIGN §7) is one more row, in ``OUT/runs/target_only/seed<k>``. Then
 ``OUT/results.json`` (per agent: mean and std over seeds of every curve and figure; ``paired``: every
 agent minus every baseline present, per seed, of final k-NN and linear-probe accuracy, with a
-bootstrap 95% interval over seeds, :mod:`experiments.paired`), ``OUT/results.md`` (the tables) and
+bootstrap 95% interval over seeds, :mod:`ie_experiments.paired`), ``OUT/results.md`` (the tables) and
 PNG figures. Runs of one seed share the target and the initial weights (``reset(seed)`` fixes both),
 which is what makes the per-seed differences paired. With ``--retrieval`` (pixels fidelity, the
-embedded world) the retrieval baseline (:mod:`experiments.retrieval_baseline`: as many new images per
+embedded world) the retrieval baseline (:mod:`ie_experiments.retrieval_baseline`: as many new images per
 iteration as the same exploring run downloaded, retrieved by image embedding from the world's
 uncaptioned pool, with the same SSL in the loop) is one more row, in ``OUT/runs/retrieval/seed<k>``.
 
@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from experiments.paired import DEFAULT_REPS, paired_comparisons, paired_markdown
 from ie_env.config import ConfigError, apply_overrides, atomic_write_text, from_dict, load_yaml, merge, to_dict
+from ie_experiments.paired import DEFAULT_REPS, paired_comparisons, paired_markdown
 
 TARGET_ONLY = "target_only"
 RETRIEVAL = "retrieval"
@@ -98,7 +98,7 @@ class RunSpec:
     label: str
     seed: int
     run_dir: Path
-    cfg: Any  # experiments.run.RunConfig
+    cfg: Any  # ie_experiments.run.RunConfig
     match_key: str | None = None  # target-only and retrieval: the exploring run it is matched to
 
     @property
@@ -126,7 +126,7 @@ def _deep_merge(base: dict, top: dict) -> dict:
 
 def load_compare_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> tuple[Any, CompareSettings]:
     """(RunConfig, CompareSettings) from a config file (default: ie-explore's) and ``--set`` overrides."""
-    from experiments.run import DEFAULT_CONFIG, RunConfig
+    from ie_experiments.run import DEFAULT_CONFIG, RunConfig
 
     path = Path(path) if path is not None else DEFAULT_CONFIG
     data = load_yaml(path)
@@ -169,9 +169,9 @@ def parse_agents(items: list[str]) -> list[AgentSpec]:
 
 def agent_config_for(spec: AgentSpec, cfg: Any, settings: CompareSettings) -> dict[str, Any]:
     """Per-agent kwargs: the base config's (``agent_defaults[name]``, then ``agent_config`` when the
-    base config's ``agent`` is this agent; see ``experiments.run.agent_kwargs``) updated by
+    base config's ``agent`` is this agent; see ``ie_experiments.run.agent_kwargs``) updated by
     ``compare.agent_configs[label]`` (or ``[name]``)."""
-    from experiments.run import agent_kwargs
+    from ie_experiments.run import agent_kwargs
 
     out = agent_kwargs(cfg, spec.name)
     for key in (spec.label, spec.name):
@@ -183,7 +183,7 @@ def agent_config_for(spec: AgentSpec, cfg: Any, settings: CompareSettings) -> di
 
 def check_agents(agents: list[AgentSpec], cfg: Any, settings: CompareSettings) -> None:
     """Build each agent once so that an unknown name or option fails before anything runs."""
-    from agents.registry import make_agent
+    from ie_agents.registry import make_agent
 
     for spec in agents:
         try:
@@ -315,20 +315,20 @@ def execute_run(spec: RunSpec, match_dir: Path | None = None) -> dict[str, Any]:
     t0 = time.time()
     try:
         if spec.is_target_only:
-            from experiments.target_only import target_only_from_run
+            from ie_experiments.target_only import target_only_from_run
 
             if match_dir is None:
                 raise ValueError("a target-only run needs the run it is matched to")
             target_only_from_run(match_dir, spec.run_dir, run_cfg=spec.cfg)
         elif spec.is_retrieval:
-            from experiments.retrieval_baseline import retrieval_from_run
+            from ie_experiments.retrieval_baseline import retrieval_from_run
 
             if match_dir is None:
                 raise ValueError("a retrieval run needs the run it is matched to")
             retrieval_from_run(match_dir, spec.run_dir, run_cfg=spec.cfg,
                                per_concept=int(spec.cfg.agent_config.get("per_concept", 8)))
         else:
-            from experiments.run import Runner
+            from ie_experiments.run import Runner
 
             runner = Runner(spec.cfg, spec.run_dir, resume=True, progress=False)
             runner.run(resume=True)
@@ -352,7 +352,7 @@ def execute_all(specs: list[RunSpec], workers: int, threads: int, quiet: bool = 
                 executor: Any = None) -> dict[str, dict[str, Any]]:
     """Run ``specs``: ``workers`` >= 1 worker processes, or 0 for in-process, one after another; or,
     given an ``executor`` (``submit(fn, *args) -> Future``, ``slots``, ``shutdown()``; e.g.
-    :class:`experiments.ray_backend.RayExecutor`), on it, ``executor.slots`` runs in flight.
+    :class:`ie_experiments.ray_backend.RayExecutor`), on it, ``executor.slots`` runs in flight.
 
     A target-only or retrieval run starts once the run it is matched to has finished; if that run
     failed, it is reported failed too. A worker process that dies fails the runs it held.
@@ -573,7 +573,7 @@ def world_reference(cfg: Any) -> dict[str, Any]:
     linear probe and their paired differences are still defined."""
     from threadpoolctl import threadpool_limits
 
-    from experiments.run import has_ground_truth
+    from ie_experiments.run import has_ground_truth
 
     if not has_ground_truth(cfg.env):
         return {"ground_truth": False, "engine": cfg.env.engine.name, "target": cfg.env.target.kind,
@@ -599,7 +599,7 @@ def world_reference(cfg: Any) -> dict[str, Any]:
 
 def _read_queries(run_dir: Path) -> tuple[list[float], list[float], list[float | None]]:
     """Per query: ground-truth relevance, reward and expected relevance (None where not logged)."""
-    from experiments.target_only import _read_jsonl
+    from ie_experiments.target_only import _read_jsonl
 
     records = _read_jsonl(run_dir / "queries.jsonl")
     return ([float(r["true_relevance"]) for r in records], [float(r["reward"]) for r in records],
@@ -610,8 +610,8 @@ def collect(out: Path, cfg: Any, agents: list[AgentSpec], settings: CompareSetti
             outcomes: dict[str, dict[str, Any]], reference: dict[str, Any],
             reps: int = DEFAULT_REPS, boot_seed: int = 0) -> dict[str, Any]:
     """Read every run folder and build ``results.json``'s content (with the paired differences of
-    :mod:`experiments.paired`: ``reps`` bootstrap resamples from seed ``boot_seed``)."""
-    from experiments.target_only import trained_images_per_iteration
+    :mod:`ie_experiments.paired`: ``reps`` bootstrap resamples from seed ``boot_seed``)."""
+    from ie_experiments.target_only import trained_images_per_iteration
 
     seeds = list(range(settings.first_seed, settings.first_seed + settings.seeds))
     r, o = reference["random_expected_relevance"], reference["oracle_value"]
@@ -757,7 +757,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trust-pickle", action="store_true",
                    help="let sb3:PATH models hold pickled objects SB3 unpickles (can run code): only models you wrote")
     p.add_argument("--quiet", action="store_true")
-    from experiments.ray_backend import add_ray_arguments
+    from ie_experiments.ray_backend import add_ray_arguments
 
     add_ray_arguments(p)
     return p.parse_args(argv)
@@ -804,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         if settings.target_only or settings.retrieval:
             match_label(agents, settings)
         if settings.retrieval:
-            from experiments.retrieval_baseline import check_retrieval_config
+            from ie_experiments.retrieval_baseline import check_retrieval_config
 
             check_retrieval_config(cfg)  # a latent world fails here, before any run
         if args.workers is not None and args.workers < 0 or args.threads is not None and args.threads < 1:
@@ -815,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
 
         check_engine(cfg.env.engine)  # a missing corpus or API key fails here, before any run
         reference = world_reference(cfg)  # before anything runs: a world that cannot be built fails here
-        from experiments.ray_backend import executor_from_args
+        from ie_experiments.ray_backend import executor_from_args
 
         executor = executor_from_args(args)  # before any file is written: a bad --ray leaves nothing
         prepare_out(out, cfg, args.overwrite, args.resume)
@@ -839,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     table = results_table(res)
     atomic_write_text(out / "results.md", table)
     try:
-        from experiments.plots import plot_comparison
+        from ie_experiments.plots import plot_comparison
 
         figures = plot_comparison(res, out)
     except Exception as exc:  # figures are a convenience: never lose the results over them

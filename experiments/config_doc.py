@@ -1,6 +1,6 @@
 """``docs/config.md``'s table of size limits, generated from ``ie_env.bounds``.
 
-``python -m experiments.config_doc`` rewrites the page; ``--check`` exits 1 when the page and the code
+``python -m ie_experiments.config_doc`` rewrites the page; ``--check`` exits 1 when the page and the code
 disagree (a test runs the same comparison). The walk starts at the run config (``ie-explore``), the
 training config (``ie-train``), ``ie-compare``'s ``compare:`` section, every engine's ``options``
 and every agent's ``agent_config``, so each row names a key the way ``--set`` spells it.
@@ -29,18 +29,18 @@ exit with code 2. The maxima sit well above the paper's settings (256 queries x 
 iteration, SSL batch 224, 224 px images) and keep what a single setting can make a process allocate
 bounded. Seeds are identifiers, not sizes, and have no limits.
 
-This page is generated from `ie_env/bounds.py` by `python -m experiments.config_doc`; a test fails
+This page is generated from `ie_env/bounds.py` by `python -m ie_experiments.config_doc`; a test fails
 when they disagree.
 """
 
 
 def roots() -> list[tuple[str, type]]:
     """(key prefix, config class) of every config a user writes."""
-    from agents.registry import AGENTS
-    from experiments.compare import CompareSettings
-    from experiments.run import RunConfig
-    from experiments.train import TrainConfig
+    from ie_agents.registry import AGENTS
     from ie_env.web_search import ENGINE_NAMES, _options_class
+    from ie_experiments.compare import CompareSettings
+    from ie_experiments.run import RunConfig
+    from ie_experiments.train import TrainConfig
 
     out: list[tuple[str, type]] = [("", RunConfig), ("ie-train: ", TrainConfig),
                                    ("ie-compare: compare.", CompareSettings)]
@@ -118,14 +118,14 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.config_doc", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m ie_experiments.config_doc", description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="exit 1 when docs/config.md is out of date")
     args = p.parse_args(argv)
     text = render()
     if args.check:
         ok = DOC.is_file() and DOC.read_text() == text
         print("docs/config.md is up to date" if ok
-              else "docs/config.md is out of date: run python -m experiments.config_doc")
+              else "docs/config.md is out of date: run python -m ie_experiments.config_doc")
         return 0 if ok else 1
     DOC.write_text(text)
     print(f"wrote {DOC}")

@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _run_config(args: argparse.Namespace) -> Any:
-    from experiments.run import RunConfig
+    from ie_experiments.run import RunConfig
 
     path = args.config
     if path is None:

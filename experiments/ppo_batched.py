@@ -2,7 +2,7 @@
 
 The env (:class:`ie_env.batched.BatchedLatentVectorEnv`) steps ``--num-envs`` episodes of a latent task as
 torch tensor operations on ``--device``; observations stay tensors on that device, so rollout, GAE and
-the update never leave it. The policy is :class:`agents.torch_policy.SlateActorCritic` (slate actions).
+the update never leave it. The policy is :class:`ie_agents.torch_policy.SlateActorCritic` (slate actions).
 An episode ends when its query budget is spent (the budget left is in the observation, so the end is
 treated as terminal); Gymnasium's same-step autoreset means ``dones[t]`` marks ``obs[t]`` as an
 episode's first observation, as in CleanRL's ``ppo.py``.
@@ -32,10 +32,13 @@ import numpy as np
 import torch
 from torch import nn, optim
 
-if __package__ in (None, ""):  # run as a script: the repository root on the path
+if __package__ in (None, ""):  # run as a script: the repository root on the path, its import names usable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from ie_env.checkout import use_checkout_names
 
-from agents.torch_policy import SlateActorCritic, save_policy
+    use_checkout_names()
+
+from ie_agents.torch_policy import SlateActorCritic, save_policy
 
 
 @dataclass

@@ -224,8 +224,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.run import build_config
     from ie_env.learner.pretrained import world_artifact_path
+    from ie_experiments.run import build_config
 
     args = parse_args(argv)
     try:

@@ -3,7 +3,7 @@
     ie-benchmark --suite latent --agents random,gp --seeds 5 --out /shared/bench --ray auto
     ie-compare --config experiments/configs/compare_latent.yaml --out /shared/cmp --ray 10.0.0.1:6379
 
-One Ray task per run, the same function the process pool calls (``experiments.compare.execute_run``),
+One Ray task per run, the same function the process pool calls (``ie_experiments.compare.execute_run``),
 so a run's files and figures are the same whichever backend ran it. The output folder must be on a
 filesystem every node sees at the same path (the runs write there, and ``--resume`` reads it back).
 
@@ -13,7 +13,7 @@ the retried run opens its folder with ``resume=True``, so it continues from its 
 fails with an error of its own (a crashing agent) is reported, never retried: that would fail again.
 
 The backend is an executor: ``submit(fn, *args)`` returns a ``concurrent.futures.Future`` (Ray's
-``ObjectRef.future()``), so ``experiments.compare.execute_all`` schedules on it exactly as on the
+``ObjectRef.future()``), so ``ie_experiments.compare.execute_all`` schedules on it exactly as on the
 process pool.
 """
 
@@ -90,7 +90,7 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
 def _run_task(cwd: str, threads: int, fn: Callable[..., Any], args: tuple) -> Any:
     """The body of one Ray task: the pool worker's thread caps, the driver's working folder (so
     relative paths in a config mean the same on every node), then ``fn(*args)``."""
-    from experiments.compare import _init_worker
+    from ie_experiments.compare import _init_worker
 
     if os.path.isdir(cwd):
         os.chdir(cwd)
@@ -100,7 +100,7 @@ def _run_task(cwd: str, threads: int, fn: Callable[..., Any], args: tuple) -> An
 
 def _absolute(arg: Any) -> Any:
     """Run specs and folders with absolute paths: a Ray worker's working folder is its own."""
-    from experiments.compare import RunSpec
+    from ie_experiments.compare import RunSpec
 
     if isinstance(arg, RunSpec):
         return replace(arg, run_dir=arg.run_dir.absolute())

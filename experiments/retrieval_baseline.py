@@ -14,7 +14,7 @@ The pool is the embedded world's pool view (:mod:`ie_env.curation.world_pool`): 
 images of every vocabulary concept, without captions; their concepts are used only to score the
 selection against ground-truth relevance g (coverage figures as ``ie-explore`` reports them).
 
-    python -m experiments.retrieval_baseline --match runs/gp-seed0 --logdir runs/retrieval-seed0
+    python -m ie_experiments.retrieval_baseline --match runs/gp-seed0 --logdir runs/retrieval-seed0
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ __all__ = ["check_retrieval_config", "main", "new_images_per_iteration", "retrie
 def check_retrieval_config(run_cfg: Any) -> None:
     """Refuse a run config the retrieval baseline cannot serve: it embeds the embedded world's pool
     images, so it needs ``world.fidelity: pixels`` and the embedded world (engine and target)."""
-    from experiments.run import has_ground_truth
+    from ie_experiments.run import has_ground_truth
 
     if run_cfg.env.world.fidelity != "pixels":
         raise ConfigError(
@@ -54,7 +54,7 @@ def check_retrieval_config(run_cfg: Any) -> None:
 def new_images_per_iteration(run_dir: str | Path) -> list[int]:
     """New images the finished exploring run in ``run_dir`` downloaded, per iteration (its trained
     images minus the ``pcr`` x as many mixed in, recovered exactly from the environment's rule)."""
-    from experiments.target_only import _load_run_config, trained_images_per_iteration
+    from ie_experiments.target_only import _load_run_config, trained_images_per_iteration
 
     pcr = _load_run_config(Path(run_dir)).env.pcr
     out = []
@@ -92,13 +92,13 @@ def run_retrieval(
     logdir: str | Path | None = None,
     matched_to: str = "",
 ) -> dict[str, Any]:
-    """Retrieval SSL for ``run_cfg`` (an ``experiments.run.RunConfig``) with the given new-image counts.
+    """Retrieval SSL for ``run_cfg`` (an ``ie_experiments.run.RunConfig``) with the given new-image counts.
 
     Writes ``config.yaml``, ``summary.json`` and TensorBoard scalars under ``logdir`` when given.
     """
-    from experiments.target_only import final_probe
     from ie_env.curation.world_pool import NS_POOL
     from ie_env.env import InternetExplorerEnv
+    from ie_experiments.target_only import final_probe
 
     t0 = time.time()
     check_retrieval_config(run_cfg)
@@ -201,7 +201,7 @@ def retrieval_from_run(
     match_dir: str | Path, logdir: str | Path | None = None, run_cfg: Any = None, per_concept: int = 8
 ) -> dict[str, Any]:
     """The retrieval baseline at the image budget of the finished exploring run in ``match_dir``."""
-    from experiments.target_only import _load_run_config
+    from ie_experiments.target_only import _load_run_config
 
     match_dir = Path(match_dir)
     cfg = run_cfg if run_cfg is not None else _load_run_config(match_dir)
@@ -209,7 +209,7 @@ def retrieval_from_run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.retrieval_baseline", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m ie_experiments.retrieval_baseline", description=__doc__.splitlines()[0])
     p.add_argument("--match", required=True, help="finished ie-explore run directory (config, seed, image budget)")
     p.add_argument("--logdir", required=True, help="where to write config.yaml, summary.json and tb/")
     p.add_argument("--per-concept", type=int, default=8, help="pool images per vocabulary concept")

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.run import Runner, build_config
+    from ie_experiments.run import Runner, build_config
 
     args = parse_args(argv)
     try:

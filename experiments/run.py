@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import yaml
 
-from agents.base import Agent, AgentContext
-from agents.registry import make_agent
-from experiments.rundir import (
+from ie_agents.base import Agent, AgentContext
+from ie_agents.registry import make_agent
+from ie_experiments.rundir import (
     CHECKPOINT_FORMAT,
     Checkpoints,
     QueryLog,
@@ -564,7 +564,7 @@ class Runner:
     def _final_probe(self) -> dict[str, Any]:
         """Linear-probe accuracy of the final encoder on the target train / test split (the
         target-only baseline's probe is the same function)."""
-        from experiments.target_only import final_probe
+        from ie_experiments.target_only import final_probe
 
         return final_probe(self.env, self.cfg.seed)
 

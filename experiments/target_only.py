@@ -9,7 +9,7 @@ trained on (its new images plus ``pcr`` x as many mixed in), all drawn from the 
 step count is a function of the image count and the batch size, so equal images means equal steps.
 It makes no queries: only its k-NN and final linear-probe figures are comparable.
 
-    python -m experiments.target_only --match runs/gp-seed0 --logdir runs/target_only-seed0
+    python -m ie_experiments.target_only --match runs/gp-seed0 --logdir runs/target_only-seed0
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _load_run_config(run_dir: Path):
-    from experiments.run import RunConfig
+    from ie_experiments.run import RunConfig
 
     path = run_dir / "config.yaml"
     if not path.is_file():
@@ -102,13 +102,13 @@ def final_probe(env: Any, seed: int) -> dict[str, Any]:
 
 def run_target_only(run_cfg: Any, images_per_iteration: list[int], logdir: str | Path | None = None,
                     matched_to: str = "") -> dict[str, Any]:
-    """Target-only SSL for ``run_cfg`` (an ``experiments.run.RunConfig``) with the given image counts.
+    """Target-only SSL for ``run_cfg`` (an ``ie_experiments.run.RunConfig``) with the given image counts.
 
     Writes ``config.yaml``, ``summary.json`` and TensorBoard scalars (same tags as ``ie-explore``)
     under ``logdir`` when given; returns the summary.
     """
-    from experiments.run import has_ground_truth
     from ie_env.env import InternetExplorerEnv
+    from ie_experiments.run import has_ground_truth
 
     t0 = time.time()
     if any(int(n) < 0 for n in images_per_iteration):
@@ -185,7 +185,7 @@ def target_only_from_run(match_dir: str | Path, logdir: str | Path | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.target_only", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m ie_experiments.target_only", description=__doc__.splitlines()[0])
     p.add_argument("--match", required=True, help="finished ie-explore run directory to match (config, seed, SSL images)")
     p.add_argument("--logdir", required=True, help="where to write config.yaml, summary.json and tb/")
     args = p.parse_args(argv)

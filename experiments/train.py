@@ -25,8 +25,8 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from agents.base import Agent, AgentContext
-from agents.sb3_agent import ALGO_MODES, SB3Agent, SlateRandomAgent, algo_classes, check_algo_mode, policy_for, save_model
+from ie_agents.base import Agent, AgentContext
+from ie_agents.sb3_agent import ALGO_MODES, SB3Agent, SlateRandomAgent, algo_classes, check_algo_mode, policy_for, save_model
 from ie_env.config import ConfigError, atomic_write_text, merge, resolve, to_dict
 from ie_env.env import EnvConfig, InternetExplorerEnv
 from ie_env.extras import require
@@ -151,7 +151,7 @@ def compare_heldout(model_path: str | None, env_cfg: EnvConfig, agents: list[str
                     progress: bool = False, agent_defaults: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Mean ground-truth relevance per query of each agent on the same held-out targets
     (``agent_defaults[name]``: that agent's config, e.g. the GP's tier sizes)."""
-    from agents.registry import make_agent
+    from ie_agents.registry import make_agent
 
     lean = {"info_level": "minimal", "evaluate": False}
     cfg = merge(heldout_config(env_cfg), {"action_mode": "vocab", **lean})
@@ -312,7 +312,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if _batched_algo(argv):  # the single-file PPO over the batched latent env: its own flags
-        from experiments.ppo_batched import main as ppo_batched_main
+        from ie_experiments.ppo_batched import main as ppo_batched_main
 
         return ppo_batched_main(_batched_algo(argv))
     args = parse_args(argv)

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as st
 
-from experiments.benchmark import TWIN
-from experiments.stats import kendall_tau
+from ie_experiments.benchmark import TWIN
+from ie_experiments.stats import kendall_tau
 
 __all__ = ["replay_rewards", "transfer_report"]
 
@@ -42,7 +42,7 @@ def replay_rewards(task_id: str, seed: int, actions: list[int], fidelity: str = 
 
 
 def _queries(run_dir: Path) -> list[dict[str, Any]]:
-    from experiments.target_only import _read_jsonl
+    from ie_experiments.target_only import _read_jsonl
 
     return _read_jsonl(run_dir / "queries.jsonl")
 

@@ -12,7 +12,7 @@ project; config class names are unique, which a test checks) to ``{field: Bound}
 names the whole dotted key). A list or tuple of sizes (``env.knn_k``, ``tier_sizes``) is checked
 item by item; ``None`` (where a field allows it) passes. ``DERIVED`` holds limits on products of
 several fields (the memory one setting alone cannot bound). ``docs/config.md`` is generated from
-both tables (``python -m experiments.config_doc``), and a test keeps the page and the code in
+both tables (``python -m ie_experiments.config_doc``), and a test keeps the page and the code in
 agreement.
 
 Seeds are identifiers, not sizes, and have no bounds.

@@ -220,7 +220,7 @@ class InternetExplorerEnv(gym.Env):
         """The query reward each concept (every concept by default) would get now, under the current
         encoder and target features, queried without a descriptor: what a step would return (0.0 below
         ``min_images`` hits), but no step is taken (no budget, history, cache or training data change).
-        Embedded world only; for analyses such as the sampler ceilings of ``experiments.ceiling``."""
+        Embedded world only; for analyses such as the sampler ceilings of ``ie_experiments.ceiling``."""
         if self._web is not None:
             raise RuntimeError(f"peek_query_rewards runs in the embedded world only, not with engine {self.config.engine.name}")
         if not self._ready:

@@ -89,11 +89,12 @@ def check(name: str, env_cfg: dict[str, Any], kills: int, agent: str, seed: int,
     cfg = work / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump({"env": env_cfg, "threads": 1, "log_images": False}))
     ref, killed = work / f"{name}-ref", work / f"{name}-killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+           "OMP_NUM_THREADS": "1"}
     env.pop("IE_EXPLORE_KILL_AT", None)
 
     def cmd(run: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "experiments.run", "--config", str(cfg), "--agent", agent,
+        return [sys.executable, "-m", "ie_experiments.run", "--config", str(cfg), "--agent", agent,
                 "--logdir", str(run), "--no-progress", *extra]
 
     t0 = time.monotonic()

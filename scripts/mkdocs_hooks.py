@@ -2,7 +2,8 @@
 
 - Pages the nav does not list are added to it: ``docs/envs/<id>.md`` under "Environments", ``docs/dev/``
   pages under "Developer notes", any other page under "More". A new page builds at once.
-- The API reference is generated: one page per module of ``ie_env``, ``agents`` and ``experiments``,
+- The API reference is generated: one page per module of ``ie_env``, ``ie_agents`` and ``ie_experiments``
+  (the folders ``ie_env/``, ``agents/`` and ``experiments/``),
   each rendered from its docstrings by mkdocstrings (``api/<module>.md``), and an index of them.
 - ``changelog.md`` is ``CHANGELOG.md`` of the repository.
 - ``<!-- agents-table -->`` in a page becomes the table of registered agents and their parameters.
@@ -20,18 +21,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("ie_env", "agents", "experiments")
+PACKAGES = {"ie_env": "ie_env", "ie_agents": "agents", "ie_experiments": "experiments"}  # import name -> folder
 log = logging.getLogger("mkdocs.plugins.ie_env_docs")
 
 
 def _modules() -> list[str]:
     out = []
-    for pkg in PACKAGES:
-        for path in sorted((ROOT / pkg).rglob("*.py")):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    for pkg, folder in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = [pkg, *path.relative_to(ROOT / folder).with_suffix("").parts]
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             if any(p.startswith("_") for p in parts) or parts[-1] == "__main__":
@@ -61,9 +63,15 @@ def _section(nav: list, title: str) -> list:
     return nav[-1][title]
 
 
+@event_priority(100)  # before mkdocstrings' own on_config fixes its search path
 def on_config(config: Any) -> Any:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    # griffe reads the API reference from the source and finds a package by its folder's name: links named
+    # ie_agents / ie_experiments to this checkout's folders, whether or not (and wherever) it is installed
+    from ie_env.checkout import import_names_path
+
+    sys.path.insert(0, str(import_names_path(ROOT)))
     nav = config.nav or []
     listed = _nav_files(nav)
     docs = Path(config.docs_dir)
@@ -152,7 +160,7 @@ def _default(f: dataclasses.Field) -> str:
 
 
 def agents_table() -> str:
-    from agents.registry import AGENTS, PREFIX_HANDLERS
+    from ie_agents.registry import AGENTS, PREFIX_HANDLERS
 
     lines = ["| name | class | what it does | parameters (default) |", "|---|---|---|---|"]
     for name, cls in AGENTS.items():

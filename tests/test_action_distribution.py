@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from agents.base import AgentContext
-from agents.baselines import GPUCBAgent, GreedyGPMeanAgent, OracleAgent, RandomAgent, UniformNoReplacementAgent
-from agents.gp_sampler import GPSamplerAgent
-from experiments.compare import gap_closed, run_metrics
-from experiments.run import main
+from ie_agents.base import AgentContext
+from ie_agents.baselines import GPUCBAgent, GreedyGPMeanAgent, OracleAgent, RandomAgent, UniformNoReplacementAgent
+from ie_agents.gp_sampler import GPSamplerAgent
+from ie_experiments.compare import gap_closed, run_metrics
+from ie_experiments.run import main
 from tests.conftest import latent_config
 
 FAST_PRIOR = {"fit_hyperparameters": False, "length_scale": 0.8, "noise_variance": 0.05}

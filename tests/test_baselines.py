@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from agents.base import Agent, AgentContext
-from agents.baselines import GPUCBAgent, GreedyGPMeanAgent, OracleAgent, RandomAgent, UniformNoReplacementAgent
-from agents.gp_prior import GPPrior
-from agents.registry import AGENTS, make_agent, register_prefix, PREFIX_HANDLERS
+from ie_agents.base import Agent, AgentContext
+from ie_agents.baselines import GPUCBAgent, GreedyGPMeanAgent, OracleAgent, RandomAgent, UniformNoReplacementAgent
+from ie_agents.gp_prior import GPPrior
+from ie_agents.registry import AGENTS, make_agent, register_prefix, PREFIX_HANDLERS
 from ie_env.config import ConfigError
 
 FAST_PRIOR = {"fit_hyperparameters": False, "length_scale": 0.8, "noise_variance": 0.05}

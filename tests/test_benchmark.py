@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import ie_env  # noqa: F401
-from agents.base import Agent
-from agents.registry import AGENTS
-from experiments import benchmark
+from ie_agents.base import Agent
+from ie_agents.registry import AGENTS
 from ie_env import suite
+from ie_experiments import benchmark
 
 TASK = "IELatent-Hard-v1"
 
@@ -29,7 +29,7 @@ def test_unknown_suite_and_agent_are_refused_with_the_registered_ones(tmp_path, 
 def _saved_policy(tmp_path, slate_size: int, embed_dim: int):
     from stable_baselines3 import PPO
 
-    from agents.sb3_agent import policy_for, save_model
+    from ie_agents.sb3_agent import policy_for, save_model
     from ie_env.config import to_dict
     from ie_env.env import InternetExplorerEnv
 
@@ -103,7 +103,7 @@ def test_benchmark_scores_records_and_reports_a_crashing_agent(tmp_path, monkeyp
 
     # Transfer wiring: with the task's own runs standing in as the "twin", replaying every run's
     # queries through the latent fidelity reproduces its rewards (correlation 1) and ranking (tau 1).
-    from experiments.transfer import transfer_report
+    from ie_experiments.transfer import transfer_report
 
     res["per_task"][TASK + benchmark.TWIN] = res["per_task"][TASK]
     tr = transfer_report(out, res)[TASK]
@@ -122,8 +122,8 @@ def _heldout_concepts():
 
 
 def test_replay_through_the_same_fidelity_reproduces_the_rewards():
-    from experiments.transfer import replay_rewards
     from ie_env.env import InternetExplorerEnv
+    from ie_experiments.transfer import replay_rewards
 
     seed = suite.get_task(TASK).eval_seed0
     env = InternetExplorerEnv(suite.eval_config(TASK))
@@ -135,7 +135,7 @@ def test_replay_through_the_same_fidelity_reproduces_the_rewards():
 
 
 def test_train_and_explore_take_a_task_id():
-    from experiments import run, train
+    from ie_experiments import run, train
 
     cfg = train.build_config(train.parse_args(["--task", TASK, "--logdir", "unused", "--algo", "ppo"]))
     assert cfg.env == suite.task_config(TASK) and cfg.env.targets.mode == "train"

@@ -1,4 +1,4 @@
-"""experiments.ceiling: the tiered sampler's ceilings, and the env's peek at query rewards."""
+"""ie_experiments.ceiling: the tiered sampler's ceilings, and the env's peek at query rewards."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments.ceiling import expected_gap_g_known, main, reward_known_run
 from ie_env.env import InternetExplorerEnv
+from ie_experiments.ceiling import expected_gap_g_known, main, reward_known_run
 from tests.conftest import latent_config
 
 TINY = latent_config(queries_per_iteration=3, iterations=2, images_per_query=12)

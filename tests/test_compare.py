@@ -11,12 +11,12 @@ import pytest
 import yaml
 from threadpoolctl import threadpool_limits
 
-from agents.baselines import RandomAgent
-from agents.registry import AGENTS
-from experiments.compare import aggregate, gap_closed, main, mean_std, results_table, run_metrics
-from experiments.run import RunConfig, Runner, read_checkpoint
-from experiments.target_only import _tiled_indices, target_only_from_run, trained_images_per_iteration
+from ie_agents.baselines import RandomAgent
+from ie_agents.registry import AGENTS
 from ie_env.config import from_dict
+from ie_experiments.compare import aggregate, gap_closed, main, mean_std, results_table, run_metrics
+from ie_experiments.run import RunConfig, Runner, read_checkpoint
+from ie_experiments.target_only import _tiled_indices, target_only_from_run, trained_images_per_iteration
 from tests.conftest import latent_config, pixel_config
 
 TINY = latent_config(queries_per_iteration=3, iterations=2, images_per_query=12)
@@ -265,8 +265,8 @@ def test_tiled_indices_cover_the_target_set_evenly():
 
 
 def test_shipped_compare_configs_extend_the_demo_config():
-    from experiments.compare import load_compare_config
-    from experiments.run import DEFAULT_CONFIG
+    from ie_experiments.compare import load_compare_config
+    from ie_experiments.run import DEFAULT_CONFIG
 
     root = DEFAULT_CONFIG.parent
     demo, _ = load_compare_config(DEFAULT_CONFIG)
@@ -286,10 +286,10 @@ def test_shipped_compare_configs_extend_the_demo_config():
 def test_agent_defaults_reach_their_agent_only():
     """``agent_defaults`` (the embedded world's GP tiers) go to that agent in ie-explore and
     ie-compare; ``agent_config`` and ``compare.agent_configs`` refine them; other agents get none."""
-    from agents.registry import make_agent
-    from experiments.compare import AgentSpec, CompareSettings, agent_config_for
-    from experiments.run import DEFAULT_CONFIG, agent_kwargs
+    from ie_agents.registry import make_agent
     from ie_env.config import ConfigError, resolve
+    from ie_experiments.compare import AgentSpec, CompareSettings, agent_config_for
+    from ie_experiments.run import DEFAULT_CONFIG, agent_kwargs
 
     cfg = resolve(RunConfig, DEFAULT_CONFIG, [])
     assert agent_kwargs(cfg, "gp") == {"tier_sizes": [50, 150]}

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from threadpoolctl import threadpool_limits
 
-from experiments.compare import main
+from ie_experiments.compare import main
 from tests.conftest import latent_config, pixel_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +122,8 @@ def test_a_missing_corpus_fails_before_any_run(tmp_path, capsys):
 
 
 def test_cpu_configs_size_the_gp_tiers_to_the_embedded_vocabulary():
-    from experiments.run import RunConfig, agent_kwargs
     from ie_env.config import resolve
+    from ie_experiments.run import RunConfig, agent_kwargs
 
     paths = sorted((ROOT / "experiments" / "configs").glob("cpu_*.yaml"))
     assert any(p.name == "cpu_imagefolder.yaml" for p in paths)
@@ -134,8 +134,8 @@ def test_cpu_configs_size_the_gp_tiers_to_the_embedded_vocabulary():
 
 
 def test_ground_truth_is_known_only_in_the_embedded_world_searched_for_its_own_targets():
-    from experiments.run import has_ground_truth
     from ie_env.env import make_config
+    from ie_experiments.run import has_ground_truth
 
     folder = {"kind": "imagefolder", "root": "photos", "test_fraction": 0.5}
     corpus = {"name": "local_corpus", "options": {"source": "corpus"}}

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from threadpoolctl import threadpool_limits
 
-from experiments.compare import main
-from experiments.run import read_checkpoint
+from ie_experiments.compare import main
+from ie_experiments.run import read_checkpoint
 from tests.conftest import latent_config, pixel_config
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from experiments import run
-from experiments.config_doc import DOC, is_size_type, render, roots, walk
 from ie_env.bounds import BOUNDS, DERIVED, EXEMPT, class_key
 from ie_env.config import ConfigError, apply_overrides, from_dict
+from ie_experiments import run
+from ie_experiments.config_doc import DOC, is_size_type, render, roots, walk
 
 
 class _NoRun:
@@ -129,5 +129,5 @@ def test_defaults_and_paper_settings_load():
 
 
 def test_docs_config_md_matches_the_code():
-    assert DOC.is_file(), "docs/config.md is missing: run python -m experiments.config_doc"
-    assert DOC.read_text() == render(), "docs/config.md is out of date: run python -m experiments.config_doc"
+    assert DOC.is_file(), "docs/config.md is missing: run python -m ie_experiments.config_doc"
+    assert DOC.read_text() == render(), "docs/config.md is out of date: run python -m ie_experiments.config_doc"

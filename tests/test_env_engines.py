@@ -15,7 +15,7 @@ import pytest
 import ie_env  # noqa: F401  (registers the ids)
 from _hostile_server import HostileServer, encode, jpeg_bytes, make_image
 from tests.conftest import pixel_config
-from experiments.run import main as explore_main
+from ie_experiments.run import main as explore_main
 from ie_env.config import ConfigError
 from ie_env.engines.replay import Snapshot
 from ie_env.env import InternetExplorerEnv

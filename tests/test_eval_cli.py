@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from experiments.compare import load_compare_config
+from ie_experiments.compare import load_compare_config
 from ie_env.config import resolve
-from experiments.eval import main as eval_main
-from experiments.run import build_config, read_checkpoint
-from experiments.run import main as run_main
+from ie_experiments.eval import main as eval_main
+from ie_experiments.run import build_config, read_checkpoint
+from ie_experiments.run import main as run_main
 from tests.conftest import pixel_config
 from tests.test_targets import make_folder
 
@@ -82,7 +82,7 @@ def test_ie_eval_refuses_bad_input(tmp_path, capsys):
 def test_every_shipped_config_resolves(path):
     data = yaml.safe_load(path.read_text())
     if "algo" in data:  # ie-train
-        from experiments.train import TrainConfig
+        from ie_experiments.train import TrainConfig
 
         cfg = resolve(TrainConfig, path)
     elif isinstance(data.get("compare"), dict):  # ie-compare

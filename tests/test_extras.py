@@ -29,7 +29,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import gymnasium as gym
 import ie_env
-from agents.registry import make_agent
+from ie_agents.registry import make_agent
 
 env = gym.make("InternetExplorerLatent-v0", config={"iterations": 1})
 obs, info = env.reset(seed=0)
@@ -39,8 +39,8 @@ while not done:
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     steps, total, done = steps + 1, total + float(reward), terminated or truncated
 errors = {}
-from agents.sb3_agent import algo_classes
-from experiments.plots import _plt
+from ie_agents.sb3_agent import algo_classes
+from ie_experiments.plots import _plt
 for name, call in (("sb3", algo_classes), ("plots", _plt)):
     try:
         call()

@@ -1,7 +1,7 @@
 """What an RL researcher's first script does, on every registered id, with no adapter code:
 ``gym.make(id, render_mode=...)``, ``spec.max_episode_steps``, SB3's ``make_vec_env(id, n_envs=4)``
 (which passes ``render_mode="rgb_array"``), ``gym.make_vec``, ``Monitor``, ``EvalCallback`` and the
-documented TensorBoard callback (``experiments.train.metrics_callback``). Pixels ids cost seconds
+documented TensorBoard callback (``ie_experiments.train.metrics_callback``). Pixels ids cost seconds
 per env here: they build two envs for ``make_vec_env`` and leave ``gym.make_vec`` to
 ``tests/test_vector_env.py`` and PPO to the latent ids.
 
@@ -113,7 +113,7 @@ def test_ppo_learns_with_eval_callback_and_monitor(env_id, tmp_path):
     model = PPO(policy, vec, n_steps=6, batch_size=12, n_epochs=1, seed=0, device="cpu")
     from stable_baselines3.common.logger import configure
 
-    from experiments.train import metrics_callback
+    from ie_experiments.train import metrics_callback
 
     model.set_logger(configure(str(tmp_path / "log"), ["csv"]))
     cb = EvalCallback(eval_env, n_eval_episodes=1, eval_freq=6, log_path=str(tmp_path), verbose=0)

@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
-from agents.gp_prior import (
+from ie_agents.gp_prior import (
     GPPrior,
     GPPriorConfig,
     _aggregated_mll_and_grad,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from agents.base import AgentContext
-from agents.gp_prior import GPPrior
-from agents.gp_sampler import (
+from ie_agents.base import AgentContext
+from ie_agents.gp_prior import GPPrior
+from ie_agents.gp_sampler import (
     GPSamplerAgent,
     GPSamplerConfig,
     label_set_candidates,

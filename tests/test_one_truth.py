@@ -13,9 +13,9 @@ import gymnasium as gym
 import pytest
 
 import ie_env  # noqa: F401  (registers the ids)
-from agents.base import AgentContext
-from agents.registry import make_agent
-from experiments import benchmark
+from ie_agents.base import AgentContext
+from ie_agents.registry import make_agent
+from ie_experiments import benchmark
 
 TASK = "IELatent-Standard-v1"
 SEEDS = 2
@@ -54,8 +54,8 @@ def models(tmp_path_factory):
     saved with ``model.save`` (no ie-train settings inside)."""
     from stable_baselines3 import PPO
 
-    from experiments.train import TrainConfig, train
     from ie_env.suite import task_config
+    from ie_experiments.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("models")
     cfg = TrainConfig(
@@ -77,7 +77,7 @@ def models(tmp_path_factory):
 
 
 def test_benchmark_equals_the_plain_loop_bit_for_bit(models, tmp_path):
-    from agents.sb3_agent import load_model
+    from ie_agents.sb3_agent import load_model
 
     out = tmp_path / "bench"
     agents = f"itrain=sb3:{models['itrain']},plain=sb3:{models['plain']},random"
@@ -133,7 +133,7 @@ def test_a_plain_sb3_model_whose_spaces_differ_is_refused_naming_both(tmp_path, 
 
 PLUGIN = '''
 import numpy as np
-from agents.base import Agent
+from ie_agents.base import Agent
 
 
 class FirstUnqueried(Agent):

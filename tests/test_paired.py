@@ -1,4 +1,4 @@
-"""Paired differences over seeds (experiments.paired): hand-checked values on small fixtures."""
+"""Paired differences over seeds (ie_experiments.paired): hand-checked values on small fixtures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments.paired import (
+from ie_experiments.paired import (
     benchmark_paired,
     benchmark_paired_markdown,
     bootstrap_mean_ci,

@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 from _hostile_server import encode, make_image
 
-from experiments.run import main as explore_main
 from ie_env.engines.replay import Snapshot
 from ie_env.env import InternetExplorerEnv
 from ie_env.fetcher.store import ImageStore
+from ie_experiments.run import main as explore_main
 from tests.test_env_engines import _config
 
 
@@ -112,8 +112,8 @@ def test_summary_json_counts_replay_misses(tmp_path):
 def test_compare_base_config_must_stay_beside_the_config(tmp_path):
     import pytest
 
-    from experiments.compare import load_compare_config
     from ie_env.config import ConfigError
+    from ie_experiments.compare import load_compare_config
 
     (tmp_path / "outside.yaml").write_text("seed: 7\n")
     cfg_dir = tmp_path / "configs"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from agents.registry import make_agent
-from agents.torch_policy import SlateActorCritic, load_policy, policy_space_problem, save_policy
-from experiments import ppo_batched
-from experiments.train import main as train_main
+from ie_agents.registry import make_agent
+from ie_agents.torch_policy import SlateActorCritic, load_policy, policy_space_problem, save_policy
+from ie_experiments import ppo_batched
+from ie_experiments.train import main as train_main
 
 
 def _train(tmp_path, *extra: str) -> dict:
@@ -36,7 +36,7 @@ def test_training_learns_and_saves_a_loadable_policy(tmp_path):
     ev = ppo_batched.evaluate(net, "IELatent-Hard-v1", 4, seed=100)
     assert 0.0 <= ev["g"] <= 1.0 and np.isfinite(ev["return"])
     # The runner's agent plays it on the scalar env: a concept index per step.
-    from agents.base import AgentContext
+    from ie_agents.base import AgentContext
     from ie_env.env import InternetExplorerEnv
     from ie_env.suite import eval_config
 
@@ -57,9 +57,9 @@ def test_policy_for_other_spaces_is_refused_naming_both(tmp_path):
                        {"task_id": "Custom-K8", "K": 8, "env": {}, "action_mode": "slate"})
     problem = policy_space_problem(str(path), "IELatent-Hard-v1")
     assert problem and "Custom-K8" in problem and "IELatent-Hard-v1" in problem
-    from experiments.benchmark import check_agents
-    from experiments.compare import AgentSpec
     from ie_env.config import ConfigError
+    from ie_experiments.benchmark import check_agents
+    from ie_experiments.compare import AgentSpec
 
     with pytest.raises(ConfigError, match="Custom-K8"):
         check_agents([AgentSpec("ppo", f"torch:{path}")], ["IELatent-Hard-v1"], {})

@@ -11,7 +11,6 @@ import yaml
 from conftest import pixel_config
 from PIL import Image
 
-from experiments import pretrain as pretrain_cli
 from ie_env.config import ConfigError, from_dict, to_dict
 from ie_env.env import EnvConfig, InternetExplorerEnv, make_config
 from ie_env.learner.pretrained import (
@@ -23,6 +22,7 @@ from ie_env.learner.pretrained import (
 from ie_env.learner.ssl import SSLConfig, SSLLearner
 from ie_env.target_sampling import TargetSampler
 from ie_env.worlds.embedded import load_vocabulary
+from ie_experiments import pretrain as pretrain_cli
 
 TINY_PRETRAIN = {"steps": 2, "images_per_concept": 2}
 

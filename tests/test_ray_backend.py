@@ -32,8 +32,8 @@ from pathlib import Path
 import pytest
 from _loopback import cmdline, descendants, inet_sockets
 
-from experiments import benchmark, compare, ray_backend
 from ie_env.config import ConfigError
+from ie_experiments import benchmark, compare, ray_backend
 
 ray = pytest.importorskip("ray")
 
@@ -209,7 +209,7 @@ def _kill_if_mid_run(pid: int, runs: Path) -> bool:
 def test_ray_results_equal_the_pool_and_a_killed_worker_process_is_retried(cluster, pool_results, tmp_path):
     out = tmp_path / "ray"
     runs = out / "runs" / TASK
-    cmd = [sys.executable, "-m", "experiments.benchmark", *ARGS, "--out", str(out), "--ray", cluster.address]
+    cmd = [sys.executable, "-m", "ie_experiments.benchmark", *ARGS, "--out", str(out), "--ray", cluster.address]
     driver = subprocess.Popen(cmd, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     killed, retried_by = None, None
     try:

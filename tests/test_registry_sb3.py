@@ -1,6 +1,6 @@
 import pytest
 
-from agents.registry import make_agent
+from ie_agents.registry import make_agent
 
 
 def test_sb3_prefix_is_registered_without_importing_the_adapter_first(tmp_path):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.base import AgentContext
-from agents.gp_sampler import GPSamplerAgent
+from ie_agents.base import AgentContext
+from ie_agents.gp_sampler import GPSamplerAgent
 from ie_env.env import InternetExplorerEnv
 from ie_env.reward import image_rewards, query_reward
 from tests.conftest import latent_config, pixel_config
@@ -112,7 +112,7 @@ def test_gp_run_with_rescoring_end_to_end_is_deterministic(tmp_path):
 
     import yaml
 
-    from experiments.run import main, read_checkpoint
+    from ie_experiments.run import main, read_checkpoint
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"env": latent_config(rescore_history=True), "threads": 1,

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.retrieval_baseline import _retrieve, new_images_per_iteration, retrieval_from_run, run_retrieval
-from experiments.run import RunConfig, Runner
-from experiments.target_only import target_only_from_run, trained_images_per_iteration
 from ie_env.config import ConfigError, from_dict
+from ie_experiments.retrieval_baseline import _retrieve, new_images_per_iteration, retrieval_from_run, run_retrieval
+from ie_experiments.run import RunConfig, Runner
+from ie_experiments.target_only import target_only_from_run, trained_images_per_iteration
 from tests.conftest import latent_config, pixel_config
 
 

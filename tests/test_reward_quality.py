@@ -10,7 +10,6 @@ import yaml
 from conftest import latent_config, pixel_config
 from sklearn.metrics import roc_auc_score
 
-from experiments import reward_quality as rq_cli
 from ie_env.env import InternetExplorerEnv
 from ie_env.evaluation.reward_quality import (
     RewardQualityProbe,
@@ -18,6 +17,7 @@ from ie_env.evaluation.reward_quality import (
     concept_panel,
     reward_quality,
 )
+from ie_experiments import reward_quality as rq_cli
 
 
 def test_panel_is_every_relevant_concept_plus_a_seeded_sample():
@@ -111,11 +111,12 @@ def test_resumed_run_continues_the_figures(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({"agent": "random", "env": pixel_config(), "log_images": False,
                                    "reward_quality": 10}))
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p),
+           "OMP_NUM_THREADS": "1"}
     env.pop("IE_EXPLORE_KILL_AT", None)
 
     def run(logdir, *extra, **more):
-        cmd = [sys.executable, "-m", "experiments.run", "--config", str(cfg), "--logdir", str(tmp_path / logdir),
+        cmd = [sys.executable, "-m", "ie_experiments.run", "--config", str(cfg), "--logdir", str(tmp_path / logdir),
                "--no-progress", *extra]
         return subprocess.run(cmd, cwd=root, env={**env, **more}, capture_output=True, timeout=600, check=False)
 

@@ -24,15 +24,15 @@ import pytest
 import torch
 import yaml
 
-from experiments import rundir
-from experiments.run import main, read_checkpoint
-from experiments.rundir import QueryLog
 from ie_env.plain_state import (
     from_torch_plain,
     load_torch_bytes,
     save_torch_bytes,
     to_torch_plain,
 )
+from ie_experiments import rundir
+from ie_experiments.run import main, read_checkpoint
+from ie_experiments.rundir import QueryLog
 from tests.conftest import latent_config, pixel_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,8 +163,9 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     starts, two at once: ~10-20 s.)"""
     cfg = _cfg(tmp_path)
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "experiments.run", "--config", str(cfg), "--agent", "random",
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ie_experiments.run", "--config", str(cfg), "--agent", "random",
            "--logdir", str(run), "--no-progress"]
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -219,7 +220,7 @@ def test_planted_pickle_checkpoint_is_refused_without_running(reference, tmp_pat
 
 
 def test_ie_eval_refuses_a_pickled_checkpoint(tmp_path, capsys):
-    from experiments.eval import main as eval_main
+    from ie_experiments.eval import main as eval_main
 
     marker = tmp_path / "pickle_ran"
     _plant(tmp_path / "learner.pt", marker, digest=False)
@@ -254,8 +255,8 @@ def test_run_state_round_trips_as_plain_data():
     """What a checkpoint holds (env with learner, replay, RNG states and caches; GP agent; SSL
     optimiser and generator; numpy scalars; Python ``random`` state) reads back equal through
     ``torch.load(weights_only=True)``; an object that is not plain data fails when written."""
-    from agents.base import AgentContext
-    from agents.gp_sampler import GPSamplerAgent
+    from ie_agents.base import AgentContext
+    from ie_agents.gp_sampler import GPSamplerAgent
     from ie_env.env import InternetExplorerEnv
     from ie_env.learner.ssl import SSLConfig, SSLLearner
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from experiments.run import Checkpoints, RunDirError, main, read_checkpoint, weights_sha256
+from ie_experiments.run import Checkpoints, RunDirError, main, read_checkpoint, weights_sha256
 from tests.conftest import latent_config, pixel_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def _checkpoint_weights_hash(run: Path) -> str:
 
 
 def _cmd(cfg: Path, run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "experiments.run", "--config", str(cfg), "--agent", "gp", "--logdir", str(run), "--no-progress", *extra]
+    return [sys.executable, "-m", "ie_experiments.run", "--config", str(cfg), "--agent", "gp", "--logdir", str(run), "--no-progress", *extra]
 
 
 def _lines(log: Path) -> int:
@@ -119,7 +119,7 @@ def test_repeated_sigkill_then_resume_matches_uninterrupted(tmp_path, capsys):
     env_cfg = pixel_config(iterations=iterations, queries_per_iteration=qpi, ssl={"max_steps": 3})
     cfg = _write_cfg(tmp_path, env_cfg)
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    envvars = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    envvars = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p), "OMP_NUM_THREADS": "1"}
     envvars.pop("IE_EXPLORE_KILL_AT", None)
     ref_proc = subprocess.Popen(_cmd(cfg, ref), cwd=ROOT, env=envvars, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -248,8 +248,8 @@ def test_weights_hash_is_canonical_and_sensitive():
 
 
 def test_a_model_trained_in_another_fidelity_gets_a_note(capsys):
-    from experiments.run import RunConfig, _note_model_fidelity
     from ie_env.config import apply_overrides
+    from ie_experiments.run import RunConfig, _note_model_fidelity
 
     class Trained:
         meta = {"env": {"world": {"fidelity": "latent"}}}

@@ -11,7 +11,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import ie_env
-from agents.sb3_agent import (
+from ie_agents.sb3_agent import (
     ALGO_MODES,
     SB3Agent,
     SlateRandomAgent,
@@ -21,8 +21,8 @@ from agents.sb3_agent import (
     read_model_meta,
     save_model,
 )
-from agents.base import AgentContext
-from experiments.train import TrainConfig, main as train_main, run_episode
+from ie_agents.base import AgentContext
+from ie_experiments.train import TrainConfig, main as train_main, run_episode
 from ie_env.env import InternetExplorerEnv
 from tests.conftest import latent_config, pixel_config
 
@@ -192,7 +192,7 @@ def _env_dict(cfg: dict) -> dict:
 
 
 def test_sb3_prefix_reaches_make_agent_and_bad_file_is_refused(tmp_path):
-    from agents.registry import make_agent
+    from ie_agents.registry import make_agent
 
     bad = tmp_path / "nope.zip"
     bad.write_bytes(b"not a zip")
@@ -204,7 +204,7 @@ def test_sb3_prefix_reaches_make_agent_and_bad_file_is_refused(tmp_path):
 
 def test_train_config_defaults_are_valid():
     from ie_env.config import resolve
-    from experiments.train import DEFAULT_CONFIG
+    from ie_experiments.train import DEFAULT_CONFIG
 
     cfg = resolve(TrainConfig, DEFAULT_CONFIG, [])
     check_algo_mode(cfg.algo, cfg.env.action_mode)

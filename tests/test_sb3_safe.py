@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import ie_env  # noqa: F401 - registers the ids
-from agents.sb3_agent import SB3Agent, load_model
-from experiments import benchmark
+from ie_agents.sb3_agent import SB3Agent, load_model
 from ie_env.plain_state import UnsafeFileError
+from ie_experiments import benchmark
 
 TASK = "IELatent-Standard-v1"
 
@@ -129,7 +129,7 @@ def test_an_unknown_serialized_entry_is_refused_unless_trusted(plain_ppo, tmp_pa
 
 
 def test_ie_explore_refuses_an_untrusted_model_and_loads_it_with_trust_pickle(plain_ppo, tmp_path, capsys):
-    from experiments import run
+    from ie_experiments import run
 
     marker = tmp_path / "pwned"
     bad = _planted(plain_ppo, tmp_path / "bad.zip", marker, "my_extra")
@@ -144,7 +144,7 @@ def test_ie_explore_refuses_an_untrusted_model_and_loads_it_with_trust_pickle(pl
 
 def test_ie_compare_refuses_an_untrusted_model_and_builds_it_with_trust_pickle(plain_ppo, tmp_path, capsys,
                                                                                monkeypatch):
-    from experiments import compare
+    from ie_experiments import compare
 
     marker = tmp_path / "pwned"
     bad = _planted(plain_ppo, tmp_path / "bad.zip", marker, "my_extra")
@@ -207,9 +207,9 @@ def test_policy_kwargs_with_classes_are_rebuilt_by_name(tmp_path):
 
 
 def test_an_ie_train_slate_model_acts_as_sb3s_own_load(tmp_path):
-    from agents.sb3_agent import __getattr__ as policy_class
-    from experiments.train import TrainConfig, train
+    from ie_agents.sb3_agent import __getattr__ as policy_class
     from ie_env.suite import task_config
+    from ie_experiments.train import TrainConfig, train
 
     cfg = TrainConfig(env=task_config(TASK), algo="ppo", total_timesteps=64, n_envs=1, seed=0, eval_freq=0,
                       checkpoint_freq=0, heldout_episodes=0,

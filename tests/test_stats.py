@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from experiments import stats
-from experiments.stats import interval_estimates, iqm, kendall_tau, stratified_bootstrap_ci
+from ie_experiments import stats
+from ie_experiments.stats import interval_estimates, iqm, kendall_tau, stratified_bootstrap_ci
 
 
 def test_iqm_hand_computed_values():
