@@ -40,7 +40,7 @@ from ie_env.config import ConfigError
 from ie_env.learner.augment import to_tensor_batch
 from ie_env.learner.base import Learner
 from ie_env.learner.moco import MoCoV3
-from ie_env.learner.ssl import SSLLearner
+from ie_env.learner.ssl import SSLLearner, shuffled_batches
 
 __all__ = ["DistributedSSLLearner", "init_from_env", "require_distributed"]
 
@@ -232,19 +232,13 @@ class DistributedSSLLearner(Learner):
         seed = int(torch.randint(0, 2**62, (1,), generator=lrn.generator))
         cuda_devices = [lrn.device.index or 0] if lrn.device.type == "cuda" else []
         losses: list[torch.Tensor] = []
-        perm, pos, m = None, n, cfg.momentum_ema
+        m = cfg.momentum_ema
         online = [p for _, p in lrn.model.online_parameters()]
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
             lrn.model.train()
-            for s in range(steps):
-                if pos + batch > n:
-                    perm, pos = torch.randperm(n, generator=lrn.generator), 0
-                assert perm is not None
-                idx = perm[pos : pos + batch]
-                pos += batch
-                xb = src[idx.to(src.device)] if src.device.type != "cpu" else src[idx]
+            for s, xb in enumerate(shuffled_batches(src, batch, steps, lrn.generator)):
                 views = [v[lo:hi] for v in lrn.augment(xb, lrn.generator)]
                 if cfg.channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]

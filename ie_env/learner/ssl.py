@@ -15,6 +15,7 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -281,6 +282,21 @@ def load_backbone_checkpoint(model: nn.Module, path: str) -> None:
     model.load_state_dict(mapped, strict=False)
 
 
+def shuffled_batches(src: torch.Tensor, batch: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """``steps`` batches of ``batch`` rows of ``src``: passes in a fresh random order (``randperm`` from
+    ``generator`` whenever the rest of a pass is shorter than a batch). Every learner draws its batches
+    here, so equal seeds give equal batches in the single-process and the distributed learner."""
+    n = int(src.shape[0])
+    perm, pos = None, n
+    for _ in range(steps):
+        if pos + batch > n:
+            perm, pos = torch.randperm(n, generator=generator), 0
+        assert perm is not None
+        idx = perm[pos : pos + batch]
+        pos += batch
+        yield src[idx.to(src.device)] if src.device.type != "cpu" else src[idx]
+
+
 def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
@@ -502,18 +518,12 @@ class SSLLearner(Learner):
         cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         losses: list[torch.Tensor] = []
         extras: dict[str, list[torch.Tensor]] = {}
-        perm, pos, m = None, n, self.cfg.momentum_ema
+        m = self.cfg.momentum_ema
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
             self.model.train()
-            for s in range(steps):
-                if pos + batch > n:
-                    perm, pos = torch.randperm(n, generator=self.generator), 0
-                assert perm is not None
-                idx = perm[pos : pos + batch]
-                pos += batch
-                xb = src[idx.to(src.device)] if src.device.type != "cpu" else src[idx]
+            for s, xb in enumerate(shuffled_batches(src, batch, steps, self.generator)):
                 views = self.augment(xb, self.generator)
                 if self.cfg.channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
